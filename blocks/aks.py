@@ -1,0 +1,29 @@
+"""AKS cluster connection block."""
+
+from __future__ import annotations
+
+from azure.mgmt.containerservice import ContainerServiceClient
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from blocks.azure import AzureCredentials
+
+
+class AksCluster(Block):
+    """Where an AKS cluster is, and who may ask ARM for its credentials."""
+
+    _block_type_name = "Meshflow AKS Cluster"
+    _description = "An AKS cluster of the mesh: ARM coordinates and credentials."
+
+    subscription_id: str = Field(description="Azure subscription ID.")
+    resource_group: str = Field(description="Resource group of the cluster.")
+    cluster_name: str = Field(description="AKS resource name.")
+    region: str = Field(description="Azure region, e.g. westeurope.")
+    credentials: AzureCredentials
+
+    def container_service_client(self) -> ContainerServiceClient:
+        """An ARM client for ``Microsoft.ContainerService``."""
+        creds = self.credentials
+        return ContainerServiceClient(
+            creds.get_credential(), self.subscription_id, **creds.arm_kwargs()
+        )

@@ -1,0 +1,106 @@
+"""The mesh description: the one parameter every meshflow flow takes.
+
+A frozen pydantic model with unknown fields forbidden, so the Prefect UI renders it as a form and
+rejects a bad description before a run starts. Pure: no SDK, no Prefect. Per-environment values
+live in ``deployments/environments/<env>.yaml``; the sandbox writes its own on ``sandbox up``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+_DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+DnsLabel = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=_DNS1123_LABEL),
+    Field(description="A DNS-1123 label: lower-case letters, digits and '-'."),
+]
+BlockName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=120, pattern=r"^[a-z0-9][-a-z0-9]*$"),
+    Field(description="The name of a saved Prefect block document."),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ClusterSpec(_Frozen):
+    """One cluster of the mesh."""
+
+    name: DnsLabel = Field(
+        description="Istio clusterName: unique in the mesh, the key of its remote secret."
+    )
+    aks_block: BlockName = Field(description="The Meshflow AKS Cluster block for this cluster.")
+    sample_workload: bool = Field(
+        default=False, description="Run the echoserver Deployment here (step 10)."
+    )
+    ingress: bool = Field(default=False, description="Expose the ingress gateway here (12-22).")
+
+
+class MeshSpec(_Frozen):
+    """A multi-primary Istio mesh across AKS clusters, on one flat network."""
+
+    environment: DnsLabel = Field(description="dev, staging, prod or sandbox.")
+    mesh_id: DnsLabel = Field(default="mesh1", description="Istio meshID, same everywhere.")
+    network: DnsLabel = Field(default="network1", description="Istio network (peered VNets).")
+    istio_version: str = Field(default="1.27.3", description="Pinned Istio release, e.g. 1.27.3.")
+    revision: DnsLabel | None = Field(
+        default=None, description="Istio revision; defaults to the version with '-' for '.'."
+    )
+    credentials_block: BlockName = Field(description="The Meshflow Azure Credentials block.")
+    key_vault_block: BlockName = Field(description="The Meshflow Key Vault block.")
+    clusters: tuple[ClusterSpec, ...] = Field(min_length=1, description="At least one cluster.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [c.name for c in self.clusters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"cluster names must be unique; repeated: {', '.join(dupes)}")
+        version = _VERSION.match(self.istio_version)
+        if not version:
+            raise ValueError(
+                f"istio_version {self.istio_version!r} is not MAJOR.MINOR.PATCH (e.g. 1.27.3)"
+            )
+        minor = f"{version[1]}-{version[2]}"
+        if self.revision is not None and not re.match(rf"^{minor}(-|$)", self.revision):
+            raise ValueError(
+                f"revision {self.revision!r} does not match istio_version {self.istio_version}; "
+                f"use e.g. {self.default_revision!r}"
+            )
+        return self
+
+    @property
+    def default_revision(self) -> str:
+        """``1.27.3`` → ``1-27-3``: the revision Istio's docs use for a version."""
+        return self.istio_version.replace(".", "-")
+
+    @property
+    def istio_revision(self) -> str:
+        """The revision in force (explicit or derived from the version)."""
+        return self.revision or self.default_revision
+
+    def cluster(self, name: str) -> ClusterSpec:
+        """The cluster called ``name``; ``KeyError`` naming the known ones otherwise."""
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(f"no cluster {name!r} in the mesh; known: {[c.name for c in self.clusters]}")
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> MeshSpec:
+        """Load and validate a mesh description file."""
+        return cls.model_validate(yaml.safe_load(path.read_text()))
+
+    def to_yaml(self) -> str:
+        """The description as YAML (round-trips through :meth:`from_yaml`)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
