@@ -52,7 +52,7 @@ def spawn(
     """Start ``argv`` detached from the terminal, output appended to ``log``.
 
     ``marker`` (typically the state folder) is put in the child's environment so :func:`stop`
-    and :func:`running_with_marker` can recognise it and its descendants later.
+    and :func:`running_under` can recognise it and its descendants later.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     child_env = {**os.environ, **(env or {}), MARKER_VAR: marker}
@@ -69,17 +69,21 @@ def spawn(
     return Started(name=name, pid=proc.pid, marker=marker, log=log)
 
 
-def _has_marker(pid: int, marker: str) -> bool:
+def _marker_of(pid: int) -> str | None:
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
-        return False  # gone, or a zombie
-    return f"{MARKER_VAR}={marker}".encode() in environ.split(b"\0")
+        return None  # gone, or not ours to read
+    prefix = f"{MARKER_VAR}=".encode()
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
 
 
 def is_running(pid: int, marker: str) -> bool:
     """Whether ``pid`` is alive and is still a process we started (it carries ``marker``)."""
-    return _has_marker(pid, marker)
+    return _marker_of(pid) == marker
 
 
 def _reap(pid: int) -> None:
@@ -119,10 +123,15 @@ def stop(procs: Iterable[tuple[int, str]], *, grace: float = 5.0) -> list[int]:
     return [pid for pid, _ in mine]
 
 
-def running_with_marker(marker: str) -> list[int]:
-    """PIDs of every live process started under ``marker``, descendants included (leak checks)."""
-    return [
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and _has_marker(int(entry.name), marker)
-    ]
+def running_under(folder: str) -> list[tuple[int, str]]:
+    """``(pid, marker)`` of every live process whose marker is ``folder`` or a path below it.
+
+    Descendants inherit the marker, so this finds them too (leak checks, stray clean-up).
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            marker = _marker_of(int(entry.name))
+            if marker is not None and (marker == folder or marker.startswith(folder + "/")):
+                found.append((int(entry.name), marker))
+    return found

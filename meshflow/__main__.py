@@ -1,0 +1,3 @@
+from meshflow.cli import main
+
+main()

@@ -1,0 +1,296 @@
+"""The whole local sandbox: N control planes, the Azure emulator, a Prefect server, the blocks.
+
+``up`` starts what is not running yet and records everything in ``state.json`` in the state
+folder (``$MESHFLOW_SANDBOX_DIR``, default ``~/.local/state/meshflow/sandbox``); ``down`` stops
+every process by PID and removes the folder, so no key or token of the sandbox stays on disk.
+The flows then run against the sandbox through the same code as against Azure: only the saved
+blocks differ (endpoints and CA bundle point at the emulator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox import kube, processes
+from sandbox.kube import LocalCluster, SandboxError
+
+ENVIRONMENT = "sandbox"
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000a5b0"
+TENANT = "00000000-0000-0000-0000-0000000a2e57"
+CLIENT_ID = "00000000-0000-0000-0000-0000000c11e7"
+RESOURCE_GROUP = "meshflow-sandbox-rg"
+REGION = "local"
+VAULT_NAME = "meshflow-sandbox-kv"
+PREFECT_PORT = 4200
+
+QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def default_root() -> Path:
+    """The sandbox's state folder."""
+    default = Path.home() / ".local" / "state" / "meshflow" / "sandbox"
+    return Path(os.environ.get("MESHFLOW_SANDBOX_DIR", default))
+
+
+def cluster_names(count: int) -> list[str]:
+    """``cluster-1`` … ``cluster-N``."""
+    if not 1 <= count <= 16:
+        raise ValueError(f"--clusters must be between 1 and 16 (got {count})")
+    return [f"cluster-{i}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A service the sandbox started (or found already running)."""
+
+    url: str
+    pid: int | None
+    ca_bundle: str | None = None
+
+
+def _wait_http(url: str, timeout: float, *, cafile: str | None = None) -> None:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:  # noqa: S310
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise SandboxError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _wait_file(path: Path, timeout: float, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise SandboxError(f"{path} did not appear within {timeout:.0f}s; log tail:\n{tail}")
+
+
+class Sandbox:
+    """The sandbox rooted at one state folder."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_root()).resolve()
+
+    @property
+    def marker(self) -> str:
+        """Identifies every process this sandbox started (see :mod:`sandbox.processes`)."""
+        return str(self.root)
+
+    @property
+    def state_file(self) -> Path:
+        """Where :meth:`up` records what it started."""
+        return self.root / "state.json"
+
+    def state(self) -> dict[str, Any] | None:
+        """The recorded state, or None when the sandbox is not up."""
+        if not self.state_file.exists():
+            return None
+        return dict(json.loads(self.state_file.read_text()))
+
+    def clusters(self) -> list[LocalCluster]:
+        """The recorded clusters."""
+        state = self.state() or {}
+        return [LocalCluster.from_json(c) for c in state.get("clusters", [])]
+
+    # -- up ---------------------------------------------------------------------------------
+
+    def _start_emulator(self, clusters: list[LocalCluster]) -> Endpoint:
+        folder = self.root / "azure"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "config.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "clusters": [
+                        {
+                            "subscription": SUBSCRIPTION,
+                            "resourceGroup": RESOURCE_GROUP,
+                            "name": c.name,
+                            "location": REGION,
+                            "admin_kubeconfig": c.admin_kubeconfig.read_text(),
+                            "user_kubeconfig": c.user_kubeconfig.read_text(),
+                            "fqdn": c.api_url.removeprefix("https://"),
+                            "aad": False,
+                        }
+                        for c in clusters
+                    ]
+                }
+            )
+        )
+        config.chmod(0o600)
+        log = folder / "emulator.log"
+        started = processes.spawn(
+            "azure-emulator",
+            [sys.executable, "-m", "sandbox.azure", "--state-dir", str(folder),
+             "--config", str(config)],
+            log=log, marker=self.marker, cwd=self.root,
+        )  # fmt: skip
+        info = _wait_file(folder / "emulator.json", 30, log)
+        return Endpoint(url=info["url"], pid=started.pid, ca_bundle=info["ca_bundle"])
+
+    def _start_prefect(self) -> Endpoint:
+        external = os.environ.get("PREFECT_API_URL")
+        if external:
+            return Endpoint(url=external.rstrip("/"), pid=None)
+        home = self.root / "prefect"
+        home.mkdir(parents=True, exist_ok=True)
+        port = PREFECT_PORT if _port_free(PREFECT_PORT) else processes.free_port()
+        env = {
+            **QUIET_ENV,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        started = processes.spawn(
+            "prefect-server",
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            log=home / "server.log", marker=self.marker, cwd=self.root, env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/api"
+        _wait_http(f"{url}/health", 90)
+        return Endpoint(url=url, pid=started.pid)
+
+    def up(self, count: int = 2) -> dict[str, Any]:
+        """Start the sandbox with ``count`` clusters; a no-op if it already runs that many.
+
+        Raises:
+            SandboxError: it runs with another number of clusters, or something failed to start
+                (whatever did start is stopped again).
+        """
+        names = cluster_names(count)
+        state = self.state()
+        if state is not None:
+            if self.is_healthy() and len(state["clusters"]) == count:
+                return state
+            if self.is_healthy():
+                raise SandboxError(
+                    f"the sandbox already runs {len(state['clusters'])} clusters; "
+                    "run `meshflow sandbox down` first to change the count"
+                )
+            self.down()  # half-dead from an earlier crash: start clean
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            clusters = kube.start_clusters(names, self.root / "clusters")
+            emulator = self._start_emulator(clusters)
+            prefect = self._start_prefect()
+            state = {
+                "environment": ENVIRONMENT,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "prefect": {"api_url": prefect.url, "pid": prefect.pid},
+                "emulator": {"url": emulator.url, "pid": emulator.pid,
+                             "ca_bundle": emulator.ca_bundle},
+                "clusters": [c.to_json() for c in clusters],
+            }  # fmt: skip
+            self.state_file.write_text(json.dumps(state, indent=2))
+            self._save_environment(state)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def _save_environment(self, state: Mapping[str, Any]) -> None:
+        # Imported here: only `up` needs Prefect and the blocks, and they read PREFECT_API_URL.
+        from sandbox.environment import save_sandbox_environment
+
+        save_sandbox_environment(self, state)
+
+    # -- status and down --------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        """Every PID recorded in the state (clusters, emulator, Prefect server)."""
+        state = self.state() or {}
+        return [pid for pid, _ in self._recorded()]
+
+    def _recorded(self) -> list[tuple[int, str]]:
+        state = self.state() or {}
+        recorded = [(p, c["directory"]) for c in state.get("clusters", []) for p in c["pids"]]
+        recorded += [
+            (state[k]["pid"], self.marker)
+            for k in ("emulator", "prefect")
+            if state.get(k, {}).get("pid")
+        ]
+        return recorded
+
+    def is_healthy(self) -> bool:
+        """Whether every recorded process is still running."""
+        recorded = self._recorded()
+        return bool(recorded) and all(processes.is_running(p, m) for p, m in recorded)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready description: what runs where (no secrets)."""
+        state = self.state()
+        if state is None:
+            return {"running": False, "state_dir": str(self.root)}
+        return {
+            "running": self.is_healthy(),
+            "state_dir": str(self.root),
+            "environment": state["environment"],
+            "prefect_api_url": state["prefect"]["api_url"],
+            "prefect_ui_url": state["prefect"]["api_url"].removesuffix("/api"),
+            "emulator_url": state["emulator"]["url"],
+            "emulator_ca_bundle": state["emulator"]["ca_bundle"],
+            "mesh_spec": str(self.root / "mesh.yaml"),
+            "clusters": [
+                {
+                    "name": c["name"],
+                    "api_server": c["api_url"],
+                    "ca_bundle": c["ca_bundle"],
+                    "admin_kubeconfig": c["admin_kubeconfig"],
+                    "running": all(processes.is_running(p, c["directory"]) for p in c["pids"]),
+                }
+                for c in state["clusters"]
+            ],
+        }
+
+    def down(self) -> list[int]:
+        """Stop every process the sandbox started and remove its state folder.
+
+        Also stops strays that carry this sandbox's marker but were never recorded (e.g. a
+        crash between starting a process and writing the state). Returns the PIDs stopped.
+        """
+        stopped = processes.stop(self._recorded())
+        stopped += processes.stop(processes.running_under(self.marker))
+        shutil.rmtree(self.root, ignore_errors=True)
+        return stopped
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def new_client_secret() -> str:
+    """A random client secret for the sandbox's service principal."""
+    return secrets.token_urlsafe(24)

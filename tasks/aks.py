@@ -1,0 +1,116 @@
+"""AKS through Azure Resource Manager: cluster credentials (step 01).
+
+Credentials are held **in memory only**, per process, never written to ``~/.kube`` or returned
+as a task result: :func:`get_cluster_credentials` fetches them and returns a reference, and the
+Kubernetes tasks ask :func:`cluster_access` for the cached value (fetching again if this process
+has none, e.g. on another worker). Entra ID (AAD) clusters get an Entra token for the AKS server
+application instead of the kubelogin ``exec`` entry, which a flow cannot run.
+
+Needs the ``Microsoft.ContainerService/managedClusters/listClusterAdminCredential/action`` (admin)
+or ``listClusterUserCredential/action`` (user) permission on each cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from blocks import AksCluster
+from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
+from tasks.retry import TRANSIENT_RETRIES
+
+CREDENTIAL_TTL = 30 * 60.0
+"""Seconds a fetched credential is reused in this process (Entra tokens last about an hour)."""
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, bool], tuple[float, ClusterAccess]] = {}
+
+
+class AksError(RuntimeError):
+    """An AKS cluster's credentials could not be obtained."""
+
+
+class CredentialRef(BaseModel):
+    """What a flow may see of a cluster's credentials: where, and how, never the secret."""
+
+    model_config = ConfigDict(frozen=True)
+    aks_block: str
+    cluster_name: str
+    server: str
+    auth: str
+    admin: bool
+
+
+def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
+    client = block.container_service_client()
+    ops = client.managed_clusters
+    fetch = ops.list_cluster_admin_credentials if admin else ops.list_cluster_user_credentials
+    where = f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r})"
+    try:
+        result = fetch(block.resource_group, block.cluster_name)
+    except ResourceNotFoundError as exc:
+        raise AksError(
+            f"{where} was not found; check the '{block_name}' block's subscription, "
+            "resource group and name, or run the provision flow"
+        ) from exc
+    except HttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            raise AksError(
+                f"{where}: not allowed to list {'admin' if admin else 'user'} credentials "
+                f"(HTTP {exc.status_code}); grant the flow's identity that action"
+            ) from exc
+        raise
+    finally:
+        client.close()
+    if not result.kubeconfigs or not result.kubeconfigs[0].value:
+        raise AksError(f"{where} returned no kubeconfig")
+    try:
+        access = parse_kubeconfig(result.kubeconfigs[0].value)
+    except KubeconfigError as exc:
+        raise AksError(f"{where}: {exc}") from exc
+    if access.auth == "aad-exec":
+        token = block.credentials.get_credential().get_token(f"{AKS_AAD_SERVER_APP}/.default")
+        access = dataclasses.replace(access, auth="token", token=token.token)
+    return access
+
+
+def cluster_access(block_name: str, *, admin: bool = True, refresh: bool = False) -> ClusterAccess:
+    """The in-memory credentials of the cluster in AKS block ``block_name``, fetched if needed."""
+    key = (block_name, admin)
+    with _lock:
+        hit = _cache.get(key)
+        if hit and not refresh and time.monotonic() - hit[0] < CREDENTIAL_TTL:
+            return hit[1]
+    block = AksCluster.load(block_name)
+    access = _fetch(block, block_name, admin)
+    with _lock:
+        _cache[key] = (time.monotonic(), access)
+    return access
+
+
+def forget_credentials() -> None:
+    """Drop every cached credential of this process (tests; after a rotation)."""
+    with _lock:
+        _cache.clear()
+
+
+@task(name="get-cluster-credentials", **TRANSIENT_RETRIES)
+def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef:
+    """Step 01: fetch a cluster's credentials through ARM into this process's memory.
+
+    Idempotent (a read). Returns a reference; the credential itself stays in memory.
+    """
+    block = AksCluster.load(aks_block)
+    access = cluster_access(aks_block, admin=admin, refresh=True)
+    return CredentialRef(
+        aks_block=aks_block,
+        cluster_name=block.cluster_name,
+        server=access.server,
+        auth=access.auth,
+        admin=admin,
+    )
