@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from azure.core.credentials import TokenCredential
-from azure.identity import ClientSecretCredential, DefaultAzureCredential, WorkloadIdentityCredential
+from azure.identity import (
+    ClientSecretCredential,
+    DefaultAzureCredential,
+    WorkloadIdentityCredential,
+)
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 

@@ -326,7 +326,7 @@ def start_clusters(names: Sequence[str], root: Path) -> list[LocalCluster]:
         for fut in futures:
             try:
                 results.append(fut.result())
-            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+            except Exception as exc:
                 errors.append(exc)
     if errors:
         for cluster in results:

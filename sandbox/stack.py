@@ -15,8 +15,6 @@ import secrets
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 from sandbox import kube, processes
 from sandbox.kube import LocalCluster, SandboxError
+from sandbox.prefect_server import start_prefect_server
 
 ENVIRONMENT = "sandbox"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000a5b0"
@@ -32,9 +31,6 @@ CLIENT_ID = "00000000-0000-0000-0000-0000000c11e7"
 RESOURCE_GROUP = "meshflow-sandbox-rg"
 REGION = "local"
 VAULT_NAME = "meshflow-sandbox-kv"
-PREFECT_PORT = 4200
-
-QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
 def default_root() -> Path:
@@ -57,25 +53,6 @@ class Endpoint:
     url: str
     pid: int | None
     ca_bundle: str | None = None
-
-
-def _wait_http(url: str, timeout: float, *, cafile: str | None = None) -> None:
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:  # noqa: S310
-                if resp.status < 500:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise SandboxError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def _wait_file(path: Path, timeout: float, log: Path) -> dict[str, Any]:
@@ -155,26 +132,8 @@ class Sandbox:
         external = os.environ.get("PREFECT_API_URL")
         if external:
             return Endpoint(url=external.rstrip("/"), pid=None)
-        home = self.root / "prefect"
-        home.mkdir(parents=True, exist_ok=True)
-        port = PREFECT_PORT if _port_free(PREFECT_PORT) else processes.free_port()
-        env = {
-            **QUIET_ENV,
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-        }
-        started = processes.spawn(
-            "prefect-server",
-            [sys.executable, "-m", "prefect", "server", "start",
-             "--host", "127.0.0.1", "--port", str(port)],
-            log=home / "server.log", marker=self.marker, cwd=self.root, env=env,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}/api"
-        _wait_http(f"{url}/health", 90)
-        return Endpoint(url=url, pid=started.pid)
+        server = start_prefect_server(self.root / "prefect", marker=self.marker)
+        return Endpoint(url=server.api_url, pid=server.pid)
 
     def up(self, count: int = 2) -> dict[str, Any]:
         """Start the sandbox with ``count`` clusters; a no-op if it already runs that many.
@@ -224,7 +183,6 @@ class Sandbox:
 
     def pids(self) -> list[int]:
         """Every PID recorded in the state (clusters, emulator, Prefect server)."""
-        state = self.state() or {}
         return [pid for pid, _ in self._recorded()]
 
     def _recorded(self) -> list[tuple[int, str]]:
@@ -278,17 +236,6 @@ class Sandbox:
         stopped += processes.stop(processes.running_under(self.marker))
         shutil.rmtree(self.root, ignore_errors=True)
         return stopped
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def new_client_secret() -> str:

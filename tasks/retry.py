@@ -58,7 +58,7 @@ def retry_if_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
     if exc is None:
         try:
             state.result(raise_on_failure=True)
-        except BaseException as raised:  # noqa: BLE001 - classified, not swallowed
+        except BaseException as raised:
             exc = raised
     return exc is not None and is_transient(exc)
 

@@ -16,7 +16,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from sandbox import kube, processes  # noqa: E402
+from sandbox import kube, processes
+from sandbox.prefect_server import PrefectServer, start_prefect_server
 
 pytest_plugins = ["tests.emulator_fixtures"]
 
@@ -42,3 +43,20 @@ def kube_clusters(kube_root: Path) -> Iterator[list[kube.LocalCluster]]:
         for cluster in clusters:
             cluster.stop()
         cleanup()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real ``prefect server start`` on SQLite; this test process is its client."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from sandbox.environment import register_block_types
+
+    home = tmp_path_factory.mktemp("prefect")
+    server = start_prefect_server(home, marker=str(home), port=processes.free_port())
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: home}):
+            register_block_types()
+            yield server
+    finally:
+        processes.stop(processes.running_under(str(home)))

@@ -1,0 +1,100 @@
+"""Blocks round-trip through a real Prefect server, and never show a secret in its API."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from blocks import AksCluster, AzureCredentials, KeyVault
+from sandbox.prefect_server import PrefectServer
+
+SECRET = "sp-secret-value-do-not-show"
+
+
+def _creds(**overrides: Any) -> AzureCredentials:
+    values: dict[str, Any] = {
+        "tenant_id": "t", "client_id": "c", "client_secret": SecretStr(SECRET),
+        "authority_host": "https://127.0.0.1:1", "arm_endpoint": "https://127.0.0.1:1",
+    }  # fmt: skip
+    return AzureCredentials(**(values | overrides))
+
+
+def _api_get(server: PrefectServer, path: str) -> Any:
+    with urllib.request.urlopen(f"{server.api_url}{path}", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_block_types_are_registered(prefect_server: PrefectServer) -> None:
+    slugs = {t["slug"] for t in _api_get_post(prefect_server, "/block_types/filter")}
+    assert {"meshflow-azure-credentials", "meshflow-key-vault", "meshflow-aks-cluster"} <= slugs
+
+
+def _api_get_post(server: PrefectServer, path: str) -> Any:
+    req = urllib.request.Request(
+        f"{server.api_url}{path}", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_credentials_round_trip_with_the_secret_masked_in_the_api(
+    prefect_server: PrefectServer,
+) -> None:
+    block_id = _creds().save("rt-creds", overwrite=True)
+    loaded = AzureCredentials.load("rt-creds")
+    assert loaded.client_secret is not None
+    assert loaded.client_secret.get_secret_value() == SECRET
+    raw = _api_get(prefect_server, f"/block_documents/{block_id}")
+    assert SECRET not in json.dumps(raw)
+    assert raw["data"]["client_secret"] == "********"
+
+
+def test_nested_blocks_round_trip_and_keep_the_secret_hidden(
+    prefect_server: PrefectServer,
+) -> None:
+    creds = _creds()
+    creds.save("rt-nested-creds", overwrite=True)
+    kv_id = KeyVault(
+        vault_name="kv1", vault_url="https://127.0.0.1:1/vaults/kv1", credentials=creds
+    ).save("rt-kv", overwrite=True)
+    AksCluster(
+        subscription_id="s", resource_group="rg", cluster_name="one", region="local",
+        credentials=creds,
+    ).save("rt-aks", overwrite=True)  # fmt: skip
+    kv = KeyVault.load("rt-kv")
+    aks = AksCluster.load("rt-aks")
+    assert kv.url == "https://127.0.0.1:1/vaults/kv1"
+    assert aks.credentials.client_secret is not None
+    assert aks.credentials.client_secret.get_secret_value() == SECRET
+    listed = _api_get_post(prefect_server, "/block_documents/filter")
+    assert SECRET not in json.dumps(listed)
+    assert SECRET not in json.dumps(_api_get(prefect_server, f"/block_documents/{kv_id}"))
+
+
+def test_blocks_build_clients_for_their_endpoints() -> None:
+    creds = _creds(ca_bundle="/tmp/ca.pem")
+    aks = AksCluster(
+        subscription_id="s", resource_group="rg", cluster_name="one", region="r", credentials=creds
+    )
+    client = aks.container_service_client()
+    assert client._config.subscription_id == "s"
+    assert creds.arm_kwargs()["base_url"] == "https://127.0.0.1:1"
+    assert creds.transport_kwargs() == {"connection_verify": "/tmp/ca.pem"}
+    kv = KeyVault(vault_name="kv1", credentials=creds)
+    assert kv.url == "https://kv1.vault.azure.net"
+    assert kv.secret_client().vault_url == "https://kv1.vault.azure.net"
+
+
+@pytest.mark.parametrize("missing", ["tenant_id", "client_id", "client_secret"])
+def test_service_principal_needs_all_three_fields(missing: str) -> None:
+    with pytest.raises(ValidationError, match=f"needs {missing}"):
+        _creds(**{missing: None})
+
+
+def test_workload_identity_needs_no_secret() -> None:
+    creds = AzureCredentials(auth="workload-identity", tenant_id="t", client_id="c")
+    assert creds.client_secret is None
