@@ -1,0 +1,327 @@
+"""Issue the mesh's certificates in the profile of Istio's ``tools/certs`` recipe.
+
+The root and per-cluster intermediate CAs mirror ``root-ca.conf`` and
+``intermediate.conf`` from Istio's ``tools/certs/common.mk`` (RSA 4096,
+3650 and 730 days, SHA-256, the same subjects and extensions). The ingress
+leaf mirrors the echoserver sample: RSA 2048, 365 days, signed by the root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshflow.pki._base import (
+    CertKeyPair,
+    PkiError,
+    PrivateKey,
+    basic_constraints,
+    checked_now,
+    describe,
+    is_ca,
+    key_matches_cert,
+    key_usage,
+    signing_hash,
+)
+
+ROOT_DAYS = 3650
+INTERMEDIATE_DAYS = 730
+LEAF_DAYS = 365
+CA_KEY_SIZE = 4096
+LEAF_KEY_SIZE = 2048
+ISTIOD_SAN = "istiod.istio-system.svc"
+ECHOSERVER_HOST = "echoserver.echoserver.svc.cluster.local"
+# notBefore is set this far before `now` so a node whose clock runs a little
+# behind the machine that issued the certificate does not reject it as
+# "not yet valid". notAfter is still counted from `now`.
+DEFAULT_BACKDATE = timedelta(hours=1)
+
+_MIN_RSA_BITS = 2048
+_PUBLIC_EXPONENT = 65537
+_MAX_LOCALITY_LEN = 128  # X.520 ub-locality-name
+_MAX_COMMON_NAME_LEN = 64  # X.520 ub-common-name
+
+# keyUsage of both CAs, as in Istio's root-ca.conf and intermediate.conf:
+# digitalSignature, nonRepudiation, keyEncipherment, keyCertSign.
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=True,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+_Extensions = Sequence[tuple[x509.ExtensionType, bool]]
+
+
+def generate_root_ca(
+    *,
+    now: datetime,
+    key_size: int = CA_KEY_SIZE,
+    days: int = ROOT_DAYS,
+    organization: str = "Istio",
+    common_name: str = "Root CA",
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> CertKeyPair:
+    """Create a self-signed root CA (``O=Istio, CN=Root CA``).
+
+    Args:
+        now: Current time, timezone-aware; notAfter is ``now + days``.
+        key_size: RSA modulus bits; Istio uses 4096, tests may pass 2048.
+        days: Validity in days.
+        organization: Subject O.
+        common_name: Subject CN.
+        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
+
+    Returns:
+        The root certificate and its new private key.
+
+    Raises:
+        PkiError: A parameter is out of range.
+    """
+    now = checked_now(now)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    not_before, not_after = _validity(now, days, backdate, issuer=None)
+    # Generate the key last: it is the slow step, so bad input fails fast.
+    key = _new_rsa_key(key_size)
+    extensions: _Extensions = [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (_CA_KEY_USAGE, True),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+    ]
+    # Self-signed: the root is its own issuer.
+    cert = _sign(name, key, name, key, (not_before, not_after), extensions)
+    return CertKeyPair(cert=cert, key=key)
+
+
+def generate_intermediate_ca(
+    root: CertKeyPair,
+    *,
+    cluster: str,
+    now: datetime,
+    key_size: int = CA_KEY_SIZE,
+    days: int = INTERMEDIATE_DAYS,
+    organization: str = "Istio",
+    common_name: str = "Intermediate CA",
+    san_dns: str = ISTIOD_SAN,
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> CertKeyPair:
+    """Create a cluster's intermediate CA (istiod's plug-in ``ca-cert.pem``), signed by ``root``.
+
+    The subject is ``O=Istio, CN=Intermediate CA, L=<cluster>``, with
+    basicConstraints ``CA:true, pathlen:0`` so istiod can sign workloads but
+    not further CAs. notAfter is clamped to the root's notAfter (and
+    notBefore to the root's notBefore): a certificate cannot usefully
+    outlive the root it chains to, and verifiers would reject it then anyway.
+
+    Args:
+        root: The signing root CA with its key.
+        cluster: Cluster name, stored as subject L.
+        now: Current time, timezone-aware.
+        key_size: RSA modulus bits; Istio uses 4096.
+        days: Validity in days before clamping.
+        organization: Subject O.
+        common_name: Subject CN.
+        san_dns: The DNS subjectAltName istiod serves under.
+        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
+
+    Returns:
+        The intermediate certificate and its new private key.
+
+    Raises:
+        PkiError: A parameter is out of range, or ``root`` cannot issue CAs now.
+    """
+    now = checked_now(now)
+    if not cluster or len(cluster) > _MAX_LOCALITY_LEN:
+        raise PkiError(
+            f"cluster name must be 1..{_MAX_LOCALITY_LEN} characters (it becomes subject L); "
+            f"got {len(cluster)}"
+        )
+    san_dns = _dns_name(san_dns)
+    _check_issuer(root, now, issues_ca=True)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.LOCALITY_NAME, cluster),
+        ]
+    )
+    not_before, not_after = _validity(now, days, backdate, issuer=root.cert)
+    # Generate the key last: it is the slow step, so bad input fails fast.
+    key = _new_rsa_key(key_size)
+    extensions: _Extensions = [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (_CA_KEY_USAGE, True),
+        (x509.SubjectAlternativeName([x509.DNSName(san_dns)]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        (_authority_key_id(root.cert), False),
+    ]
+    cert = _sign(name, key, root.cert.subject, root.key, (not_before, not_after), extensions)
+    return CertKeyPair(cert=cert, key=key)
+
+
+def generate_ingress_leaf(
+    issuer: CertKeyPair,
+    *,
+    now: datetime,
+    host: str = ECHOSERVER_HOST,
+    key_size: int = LEAF_KEY_SIZE,
+    days: int = LEAF_DAYS,
+    organization: str = "Istio Services",
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> CertKeyPair:
+    """Create the ingress backend's server certificate (``CN=<host>, O=Istio Services``).
+
+    The project signs it with the root (as the spec says); any CA pair works.
+    It carries ``CA:false``, keyUsage digitalSignature+keyEncipherment,
+    extendedKeyUsage serverAuth and ``DNS:<host>``. notAfter is clamped to
+    the issuer's notAfter.
+
+    Args:
+        issuer: The signing CA with its key (the root CA in this project).
+        now: Current time, timezone-aware.
+        host: DNS name for CN and subjectAltName.
+        key_size: RSA modulus bits.
+        days: Validity in days before clamping.
+        organization: Subject O.
+        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
+
+    Returns:
+        The leaf certificate and its new private key.
+
+    Raises:
+        PkiError: A parameter is out of range, or ``issuer`` cannot issue now.
+    """
+    now = checked_now(now)
+    host = _dns_name(host)
+    if len(host) > _MAX_COMMON_NAME_LEN:
+        raise PkiError(
+            f"host {host!r} is longer than {_MAX_COMMON_NAME_LEN} characters, the limit for a "
+            "subject CN; use a shorter name"
+        )
+    _check_issuer(issuer, now, issues_ca=False)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, host),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]
+    )
+    not_before, not_after = _validity(now, days, backdate, issuer=issuer.cert)
+    # Generate the key last: it is the slow step, so bad input fails fast.
+    key = _new_rsa_key(key_size)
+    extensions: _Extensions = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        # RFC 5280 4.2.1.3: keyUsage SHOULD be critical when present.
+        (_LEAF_KEY_USAGE, True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName([x509.DNSName(host)]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        (_authority_key_id(issuer.cert), False),
+    ]
+    cert = _sign(name, key, issuer.cert.subject, issuer.key, (not_before, not_after), extensions)
+    return CertKeyPair(cert=cert, key=key)
+
+
+def _new_rsa_key(key_size: int) -> rsa.RSAPrivateKey:
+    if key_size < _MIN_RSA_BITS:
+        raise PkiError(f"RSA key size {key_size} is too small; use at least {_MIN_RSA_BITS} bits")
+    return rsa.generate_private_key(public_exponent=_PUBLIC_EXPONENT, key_size=key_size)
+
+
+def _dns_name(host: str) -> str:
+    if not host or not host.isascii() or any(ch.isspace() for ch in host):
+        raise PkiError(f"{host!r} is not a usable DNS name; pass an ASCII host name without spaces")
+    return host
+
+
+def _validity(
+    now: datetime, days: int, backdate: timedelta, *, issuer: x509.Certificate | None
+) -> tuple[datetime, datetime]:
+    if days < 1:
+        raise PkiError(f"validity must be at least 1 day; got days={days}")
+    if backdate < timedelta(0):
+        raise PkiError(f"backdate must not be negative; got {backdate}")
+    not_before = now - backdate
+    not_after = now + timedelta(days=days)
+    if issuer is not None:
+        # Keep the child inside the issuer's validity window (see the callers).
+        not_before = max(not_before, issuer.not_valid_before_utc)
+        not_after = min(not_after, issuer.not_valid_after_utc)
+    return not_before, not_after
+
+
+def _check_issuer(issuer: CertKeyPair, now: datetime, *, issues_ca: bool) -> None:
+    name = describe(issuer.cert)
+    if not key_matches_cert(issuer.key, issuer.cert):
+        raise PkiError(f"the issuer key does not belong to {name!r}; load the key issued with it")
+    usage = key_usage(issuer.cert)
+    if not is_ca(issuer.cert) or (usage is not None and not usage.key_cert_sign):
+        raise PkiError(f"{name!r} is not a CA (needs CA:true and keyCertSign); sign with a CA")
+    if not issuer.cert.not_valid_before_utc <= now <= issuer.cert.not_valid_after_utc:
+        raise PkiError(
+            f"issuer {name!r} is not valid at {now:%Y-%m-%dT%H:%M:%SZ} (valid "
+            f"{issuer.cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{issuer.cert.not_valid_after_utc:%Y-%m-%d}); renew it before issuing"
+        )
+    constraints = basic_constraints(issuer.cert)
+    if issues_ca and constraints is not None and constraints.path_length == 0:
+        raise PkiError(
+            f"{name!r} has pathlen:0 and may not sign CA certificates; sign with the root"
+        )
+
+
+def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    # Copy the issuer's own SKI so AKI matches it byte for byte even if the
+    # issuer computed its SKI by another method; hash its key only if absent.
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _sign(
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer_name: x509.Name,
+    issuer_key: PrivateKey,
+    validity: tuple[datetime, datetime],
+    extensions: _Extensions,
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        # 159 random bits: unpredictable, positive and within RFC 5280's 20 octets.
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, signing_hash(issuer_key))
