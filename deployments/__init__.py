@@ -1,0 +1,1 @@
+"""Per-environment parameters and deployment code."""

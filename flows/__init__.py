@@ -1,0 +1,1 @@
+"""Prefect flows: composition only, they read like the runbook."""

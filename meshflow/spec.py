@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -31,6 +31,28 @@ BlockName = Annotated[
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PkiSettings(_Frozen):
+    """Validity, key sizes and rotation threshold of the mesh CA (Istio's defaults)."""
+
+    root_days: int = Field(default=3650, ge=30, le=7300, description="Root CA validity.")
+    intermediate_days: int = Field(default=730, ge=7, le=3650, description="Intermediate validity.")
+    leaf_days: int = Field(default=365, ge=1, le=825, description="Ingress leaf validity.")
+    ca_key_size: Literal[2048, 3072, 4096] = Field(default=4096, description="RSA bits for CAs.")
+    leaf_key_size: Literal[2048, 3072, 4096] = Field(default=2048, description="RSA bits, leaf.")
+    rotation_threshold_days: int = Field(
+        default=30, ge=1, description="Reissue an intermediate or leaf with this many days left."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.rotation_threshold_days >= self.intermediate_days:
+            raise ValueError(
+                f"rotation_threshold_days ({self.rotation_threshold_days}) must be shorter than "
+                f"intermediate_days ({self.intermediate_days}), or every run would reissue"
+            )
+        return self
 
 
 class ClusterSpec(_Frozen):
@@ -58,6 +80,16 @@ class MeshSpec(_Frozen):
     )
     credentials_block: BlockName = Field(description="The Meshflow Azure Credentials block.")
     key_vault_block: BlockName = Field(description="The Meshflow Key Vault block.")
+    root_key_vault_block: BlockName | None = Field(
+        default=None,
+        description="Vault for the root CA key if not the mesh vault (recommended for prod).",
+    )
+    frontend_pfx_block: BlockName | None = Field(
+        default=None,
+        description="Prefect Secret block with a base64 PFX for the App Gateway listener; "
+        "empty: a self-signed certificate from Key Vault's default policy.",
+    )
+    pki: PkiSettings = Field(default_factory=PkiSettings)
     clusters: tuple[ClusterSpec, ...] = Field(min_length=1, description="At least one cluster.")
 
     @model_validator(mode="after")

@@ -1,22 +1,27 @@
 """Save the sandbox as a meshflow environment: block documents and a mesh description.
 
 The blocks are the same types a real environment uses; only their values point at the
-emulator (endpoints, CA bundle) instead of Azure.
+emulator (endpoints, CA bundle) instead of Azure. The emulator serves one vault, whose URL is
+the emulator's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 from pydantic import SecretStr
 
 from blocks import AksCluster, AzureCredentials, KeyVault
-from meshflow.spec import ClusterSpec, MeshSpec
-from sandbox import stack
+from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings
+from sandbox.azure import DEFAULT_TENANT
 
-if TYPE_CHECKING:
-    from sandbox.stack import Sandbox
+ENVIRONMENT = "sandbox"
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000a5b0"
+TENANT = DEFAULT_TENANT  # the one tenant the emulator serves
+CLIENT_ID = "00000000-0000-0000-0000-0000000c11e7"
+RESOURCE_GROUP = "meshflow-sandbox-rg"
+REGION = "local"
+VAULT_NAME = "meshflow-sandbox-kv"
 
 
 def register_block_types() -> None:
@@ -25,59 +30,53 @@ def register_block_types() -> None:
         block.register_type_and_schema()
 
 
-def sandbox_vault_url(emulator_url: str, vault_name: str) -> str:
-    """The emulator serves each vault under its own path prefix."""
-    return f"{emulator_url.rstrip('/')}/vaults/{vault_name}"
-
-
-def sandbox_spec(cluster_names: list[str]) -> MeshSpec:
-    """The mesh description of the sandbox: the first cluster hosts the sample and ingress."""
-    env = stack.ENVIRONMENT
+def sandbox_spec(
+    cluster_names: Sequence[str],
+    *,
+    environment: str = ENVIRONMENT,
+    pki: PkiSettings | None = None,
+) -> MeshSpec:
+    """The mesh description of a sandbox: the first cluster hosts the sample and ingress."""
     return MeshSpec(
-        environment=env,
-        credentials_block=env,
-        key_vault_block=env,
+        environment=environment,
+        credentials_block=environment,
+        key_vault_block=environment,
         clusters=tuple(
-            ClusterSpec(name=n, aks_block=f"{env}-{n}", sample_workload=i == 0, ingress=i == 0)
+            ClusterSpec(
+                name=n, aks_block=f"{environment}-{n}", sample_workload=i == 0, ingress=i == 0
+            )
             for i, n in enumerate(cluster_names)
         ),
+        pki=pki or PkiSettings(),
     )
 
 
-def save_sandbox_environment(sandbox: Sandbox, state: Mapping[str, Any]) -> MeshSpec:
-    """Register block types, save the sandbox's block documents, write ``mesh.yaml``.
+def save_environment(
+    spec: MeshSpec, *, emulator_url: str, ca_bundle: str, client_secret: str
+) -> None:
+    """Register the block types and save ``spec``'s blocks pointing at the emulator.
 
-    Must run with ``PREFECT_API_URL`` pointing at the sandbox's Prefect server.
+    Saves to the Prefect API in force (the caller sets ``PREFECT_API_URL``).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    emulator = state["emulator"]
-    spec = sandbox_spec([c["name"] for c in state["clusters"]])
-    with temporary_settings(updates={PREFECT_API_URL: state["prefect"]["api_url"]}):
-        register_block_types()
-        creds = AzureCredentials(
-            auth="service-principal",
-            tenant_id=stack.TENANT,
-            client_id=stack.CLIENT_ID,
-            client_secret=SecretStr(stack.new_client_secret()),
-            authority_host=emulator["url"],
-            arm_endpoint=emulator["url"],
-            ca_bundle=emulator["ca_bundle"],
-        )
-        creds.save(spec.credentials_block, overwrite=True)
-        KeyVault(
-            vault_name=stack.VAULT_NAME,
-            vault_url=sandbox_vault_url(emulator["url"], stack.VAULT_NAME),
-            tenant_id=stack.TENANT,
+    register_block_types()
+    creds = AzureCredentials(
+        auth="service-principal",
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        client_secret=SecretStr(client_secret),
+        authority_host=emulator_url,
+        arm_endpoint=emulator_url,
+        ca_bundle=ca_bundle,
+    )
+    creds.save(spec.credentials_block, overwrite=True)
+    KeyVault(
+        vault_name=VAULT_NAME, vault_url=emulator_url, tenant_id=TENANT, credentials=creds
+    ).save(spec.key_vault_block, overwrite=True)
+    for cluster in spec.clusters:
+        AksCluster(
+            subscription_id=SUBSCRIPTION,
+            resource_group=RESOURCE_GROUP,
+            cluster_name=cluster.name,
+            region=REGION,
             credentials=creds,
-        ).save(spec.key_vault_block, overwrite=True)
-        for cluster in spec.clusters:
-            AksCluster(
-                subscription_id=stack.SUBSCRIPTION,
-                resource_group=stack.RESOURCE_GROUP,
-                cluster_name=cluster.name,
-                region=stack.REGION,
-                credentials=creds,
-            ).save(cluster.aks_block, overwrite=True)
-    (sandbox.root / "mesh.yaml").write_text(spec.to_yaml())
-    return spec
+        ).save(cluster.aks_block, overwrite=True)

@@ -135,3 +135,8 @@ def running_under(folder: str) -> list[tuple[int, str]]:
             if marker is not None and (marker == folder or marker.startswith(folder + "/")):
                 found.append((int(entry.name), marker))
     return found
+
+
+def running_marked() -> list[tuple[int, str]]:
+    """Every live process started by any meshflow sandbox or test run (markers are paths)."""
+    return running_under("")

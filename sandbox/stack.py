@@ -21,16 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import kube, processes
+from sandbox.environment import ENVIRONMENT, REGION, RESOURCE_GROUP, SUBSCRIPTION
 from sandbox.kube import LocalCluster, SandboxError
 from sandbox.prefect_server import start_prefect_server
-
-ENVIRONMENT = "sandbox"
-SUBSCRIPTION = "00000000-0000-0000-0000-00000000a5b0"
-TENANT = "00000000-0000-0000-0000-0000000a2e57"
-CLIENT_ID = "00000000-0000-0000-0000-0000000c11e7"
-RESOURCE_GROUP = "meshflow-sandbox-rg"
-REGION = "local"
-VAULT_NAME = "meshflow-sandbox-kv"
 
 
 def default_root() -> Path:
@@ -174,10 +167,19 @@ class Sandbox:
         return state
 
     def _save_environment(self, state: Mapping[str, Any]) -> None:
-        # Imported here: only `up` needs Prefect and the blocks, and they read PREFECT_API_URL.
-        from sandbox.environment import save_sandbox_environment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        save_sandbox_environment(self, state)
+        from sandbox.environment import sandbox_spec, save_environment
+
+        spec = sandbox_spec([c["name"] for c in state["clusters"]])
+        with temporary_settings(updates={PREFECT_API_URL: state["prefect"]["api_url"]}):
+            save_environment(
+                spec,
+                emulator_url=state["emulator"]["url"],
+                ca_bundle=state["emulator"]["ca_bundle"],
+                client_secret=secrets.token_urlsafe(24),
+            )
+        (self.root / "mesh.yaml").write_text(spec.to_yaml())
 
     # -- status and down --------------------------------------------------------------------
 
@@ -236,8 +238,3 @@ class Sandbox:
         stopped += processes.stop(processes.running_under(self.marker))
         shutil.rmtree(self.root, ignore_errors=True)
         return stopped
-
-
-def new_client_secret() -> str:
-    """A random client secret for the sandbox's service principal."""
-    return secrets.token_urlsafe(24)

@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from blocks import AksCluster
+from blocks import AksCluster, load_block
 from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
 from tasks.retry import TRANSIENT_RETRIES
 
@@ -86,7 +86,7 @@ def cluster_access(block_name: str, *, admin: bool = True, refresh: bool = False
         hit = _cache.get(key)
         if hit and not refresh and time.monotonic() - hit[0] < CREDENTIAL_TTL:
             return hit[1]
-    block = AksCluster.load(block_name)
+    block = load_block(AksCluster, block_name)
     access = _fetch(block, block_name, admin)
     with _lock:
         _cache[key] = (time.monotonic(), access)
@@ -105,7 +105,7 @@ def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef
 
     Idempotent (a read). Returns a reference; the credential itself stays in memory.
     """
-    block = AksCluster.load(aks_block)
+    block = load_block(AksCluster, aks_block)
     access = cluster_access(aks_block, admin=admin, refresh=True)
     return CredentialRef(
         aks_block=aks_block,

@@ -6,21 +6,167 @@ an access policy or the "Key Vault Secrets Officer" / "Key Vault Certificates Of
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import secrets
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.keyvault.certificates import (
+    CertificateClient,
+    CertificateContentType,
+    CertificatePolicy,
+    KeyType,
+    KeyVaultCertificate,
+)
+from azure.keyvault.secrets import SecretClient
+from cryptography import x509
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from blocks import KeyVault
+from blocks import KeyVault, load_block
+from meshflow import pki
 from tasks.retry import TRANSIENT_RETRIES
 
-PROBE_SECRET = "meshflow-probe"
+PROBE_SECRET = "meshflow-probe"  # noqa: S105 - a secret name, not a value
+PEM_CONTENT_TYPE = "application/x-pem-file"
 
 
 class KeyVaultError(RuntimeError):
     """A Key Vault operation failed in a way the user must act on."""
+
+
+class ObjectRef(BaseModel):
+    """A reference to a Key Vault object version: what flows pass around instead of its value."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str  # "secret" or "certificate"
+    name: str
+    version: str
+    written: bool = False
+    subject: str | None = None
+    not_after: dt.datetime | None = None
+    thumbprint: str | None = None
+
+
+def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
+    """A reference to a Key Vault certificate version."""
+    parsed = x509.load_der_x509_certificate(bytes(cert.cer or b""))
+    return ObjectRef(
+        kind="certificate",
+        name=str(cert.name),
+        version=str(cert.properties.version if cert.properties else ""),
+        written=written,
+        subject=parsed.subject.rfc4514_string(),
+        not_after=parsed.not_valid_after_utc,
+        thumbprint=pki.sha1_thumbprint_hex(parsed),
+    )
+
+
+@contextmanager
+def vault_clients(vault: KeyVault) -> Iterator[tuple[SecretClient, CertificateClient]]:
+    """Secret and certificate clients of ``vault``, closed afterwards; errors made actionable."""
+    secrets_client, certs_client = vault.secret_client(), vault.certificate_client()
+    try:
+        yield secrets_client, certs_client
+    except HttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            raise KeyVaultError(
+                f"Key Vault {vault.vault_name!r} denied the request (HTTP {exc.status_code}); "
+                "give the flow's identity secret and certificate get/set/import permissions"
+            ) from exc
+        raise
+    finally:
+        secrets_client.close()
+        certs_client.close()
+
+
+def get_certificate(client: CertificateClient, name: str) -> KeyVaultCertificate | None:
+    """The latest version of certificate ``name``, or None if there is none."""
+    try:
+        return client.get_certificate(name)
+    except ResourceNotFoundError:
+        return None
+
+
+def get_secret_value(client: SecretClient, name: str) -> str | None:
+    """The latest value of secret ``name``, or None if there is none."""
+    try:
+        return client.get_secret(name).value
+    except ResourceNotFoundError:
+        return None
+
+
+def load_cert_key(client: SecretClient, cert: KeyVaultCertificate) -> pki.CertKeyPair:
+    """The certificate's private key and certificate, from its backing secret (in memory).
+
+    Raises:
+        KeyVaultError: the backing secret is missing or unreadable (e.g. a non-exportable key).
+    """
+    name = str(cert.name)
+    version = str(cert.properties.version if cert.properties else "")
+    try:
+        secret = client.get_secret(name, version)
+    except ResourceNotFoundError as exc:
+        raise KeyVaultError(
+            f"certificate {name!r} has no readable key (secret {name}/{version} missing); "
+            "it must be imported as exportable"
+        ) from exc
+    value = secret.value or ""
+    try:
+        if secret.properties.content_type == PEM_CONTENT_TYPE:
+            return pki.load_cert_key_pair(value.encode(), value.encode())
+        return pki.from_pkcs12(base64.b64decode(value)).pair
+    except ValueError as exc:
+        raise KeyVaultError(f"certificate {name!r}: its key and certificate do not parse") from exc
+
+
+def import_cert_key(
+    client: CertificateClient,
+    name: str,
+    pair: pki.CertKeyPair,
+    *,
+    tags: Mapping[str, str],
+) -> ObjectRef:
+    """Import ``pair`` as a new version of certificate ``name`` (exportable PKCS#12).
+
+    The key travels to Key Vault once, inside the PKCS#12 blob, and is not kept.
+    """
+    key_size = getattr(pair.key, "key_size", None)
+    policy = CertificatePolicy(
+        issuer_name="Unknown",
+        subject=pair.cert.subject.rfc4514_string(),
+        content_type=CertificateContentType.pkcs12,
+        exportable=True,
+        key_type=KeyType.rsa,
+        key_size=key_size,
+        reuse_key=False,
+    )
+    imported = client.import_certificate(
+        name, pki.to_pkcs12(pair, name=name), policy=policy, enabled=True, tags=dict(tags)
+    )
+    return cert_ref(imported, written=True)
+
+
+def ensure_secret_value(
+    client: SecretClient, name: str, value: str, *, content_type: str, tags: Mapping[str, str]
+) -> ObjectRef:
+    """Set secret ``name`` to ``value`` unless its latest version already holds exactly that.
+
+    Idempotent: an unchanged value writes nothing (no new version).
+    """
+    try:
+        current = client.get_secret(name)
+    except ResourceNotFoundError:
+        current = None
+    if current is not None and current.value == value:
+        return ObjectRef(kind="secret", name=name, version=str(current.properties.version))
+    written = client.set_secret(name, value, content_type=content_type, tags=dict(tags))
+    return ObjectRef(
+        kind="secret", name=name, version=str(written.properties.version), written=True
+    )
 
 
 class ProbeResult(BaseModel):
@@ -39,13 +185,17 @@ def probe_key_vault(key_vault_block: str) -> ProbeResult:
 
     Not idempotent by design: each probe adds a secret version, proving write access.
     """
-    vault = KeyVault.load(key_vault_block)
+    vault = load_block(KeyVault, key_vault_block)
     client = vault.secret_client()
     nonce = secrets.token_hex(8)
     start = time.perf_counter()
     try:
-        written = client.set_secret(PROBE_SECRET, nonce, content_type="text/plain",
-                                    tags={"purpose": "meshflow access probe"})
+        written = client.set_secret(
+            PROBE_SECRET,
+            nonce,
+            content_type="text/plain",
+            tags={"purpose": "meshflow access probe"},
+        )
         read = client.get_secret(PROBE_SECRET, written.properties.version)
     except HttpResponseError as exc:
         if exc.status_code in (401, 403):

@@ -62,4 +62,4 @@ def api_client(aks_block: str, *, admin: bool = True) -> k8s.ApiClient:
 def list_namespaces(aks_block: str) -> list[str]:
     """List the cluster's namespaces (a read that proves credentials, TLS and RBAC work)."""
     core = k8s.CoreV1Api(api_client(aks_block))
-    return sorted(ns.metadata.name for ns in core.list_namespace().items)
+    return sorted(str(ns.metadata.name) for ns in core.list_namespace().items if ns.metadata)

@@ -16,7 +16,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from kubernetes.client.exceptions import ApiException
-from prefect.states import State
+from prefect.client.schemas.objects import State
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})

@@ -16,7 +16,10 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from meshflow.spec import MeshSpec, PkiSettings
+from sandbox import environment as env
 from sandbox import kube, processes
+from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer, start_prefect_server
 
 pytest_plugins = ["tests.emulator_fixtures"]
@@ -58,5 +61,41 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: home}):
             register_block_types()
             yield server
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()  # deliver pending run logs while the server still listens
     finally:
         processes.stop(processes.running_under(str(home)))
+
+
+@pytest.fixture(scope="session")
+def mesh_env(
+    kube_clusters: list[kube.LocalCluster],
+    azure_emulator: AzureEmulator,
+    prefect_server: PrefectServer,
+) -> MeshSpec:
+    """The sandbox environment wired as ``meshflow sandbox up`` wires it, for end-to-end tests.
+
+    Real control planes registered as AKS clusters in the emulator, blocks saved on the real
+    Prefect server. RSA 2048 CAs keep the PKI tests fast; the profile is otherwise Istio's.
+    """
+    for cluster in kube_clusters:
+        azure_emulator.register_cluster(
+            env.SUBSCRIPTION,
+            env.RESOURCE_GROUP,
+            cluster.name,
+            location=env.REGION,
+            admin_kubeconfig=cluster.admin_kubeconfig.read_text(),
+            user_kubeconfig=cluster.user_kubeconfig.read_text(),
+            fqdn=cluster.api_url.removeprefix("https://"),
+        )
+    spec = env.sandbox_spec(
+        [c.name for c in kube_clusters], environment="e2e", pki=PkiSettings(ca_key_size=2048)
+    )
+    env.save_environment(
+        spec,
+        emulator_url=azure_emulator.url,
+        ca_bundle=str(azure_emulator.ca_bundle),
+        client_secret="e2e-client-secret",
+    )
+    return spec
