@@ -1,0 +1,300 @@
+"""The :class:`AzureEmulator`: wires TLS, routing, auth, faults, the request log and admin API.
+
+Every public request goes through the same steps: a matching fault rule (delay and/or error)
+is applied first; then the route is resolved (404/405); the bearer token is checked (ARM 401, or
+Key Vault's 401 challenge); ARM and Key Vault calls must carry ``api-version``; finally the handler
+runs under one state lock. Admin calls (``/_emulator/...``) skip all of that and are not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import tls
+from .arm import Arm
+from .certificates import CertificateStore
+from .identity import Identity
+from .keyvault import SecretStore
+from .server import (
+    EmulatorHTTPServer,
+    FaultRule,
+    Faults,
+    HttpError,
+    Request,
+    RequestLog,
+    Response,
+    Route,
+    Router,
+    route,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "8c5d3e2f-6a1b-4c7d-9e0f-1a2b3c4d5e6f"
+
+
+class AzureEmulator:
+    """An HTTPS emulator of Entra ID token issuance, Key Vault and a slice of ARM.
+
+    Args:
+        state_dir: Where ``ca.pem`` and the server certificate/key are written.
+        host: Address to listen on.
+        port: Port to listen on (0 picks a free one).
+        tenant_id: The only tenant the token endpoint knows; Key Vault challenges name it.
+        pending_polls: ``inProgress`` answers a certificate creation gives before completing.
+        lro_polls: ``InProgress`` answers an ARM async operation gives before ``Succeeded``.
+        lro_retry_after_ms: ``Retry-After-Ms`` sent with ARM long-running operations.
+        naive: Serve like a plain stdlib server (Nagle on); for the latency benchmark only.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tenant_id: str = DEFAULT_TENANT,
+        pending_polls: int = 1,
+        lro_polls: int = 1,
+        lro_retry_after_ms: int = 50,
+        naive: bool = False,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self._port = port
+        self.tenant_id = tenant_id
+        self._naive = naive
+        self._identity = Identity(tenant_id)
+        self._secrets = SecretStore()
+        self._certificates = CertificateStore(self._secrets, pending_polls)
+        self._arm = Arm(tenant_id, lro_polls=lro_polls, lro_retry_after_ms=lro_retry_after_ms)
+        self._faults = Faults()
+        self._log = RequestLog()
+        self._lock = threading.RLock()
+        self._router = Router(
+            self._identity.routes()
+            + self._secrets.routes()
+            + self._certificates.routes()
+            + self._arm.routes()
+        )
+        self._admin = Router(self._admin_routes())
+        self._server: EmulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tls: tls.TlsFiles | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> AzureEmulator:
+        """Generate TLS material, bind and serve in a background thread."""
+        if self._server is not None:
+            return self
+        self._tls = tls.generate(self.state_dir)
+        server = EmulatorHTTPServer(
+            (self.host, self._port), self.handle, self._tls.server_context(), naive=self._naive
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="azure-emulator"
+        )
+        self._thread.start()
+        log.info("Azure emulator listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close keep-alive connections and join the server thread."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> AzureEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self._server is None:
+            raise RuntimeError("the emulator is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``https://host:port``: the authority, the vault URL and the ARM base URL."""
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The CA certificate clients must trust."""
+        if self._tls is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._tls.ca_cert
+
+    # -- in-process admin -------------------------------------------------------------------
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        """The public requests served so far (method, path, status, host, api_version, ...)."""
+        return self._log.entries()
+
+    def clear_log(self) -> None:
+        """Forget the request log."""
+        self._log.clear()
+
+    def add_fault(
+        self,
+        path: str,
+        *,
+        method: str = "*",
+        status: int | None = 503,
+        retry_after: float | None = None,
+        times: int = 1,
+        delay_ms: int = 0,
+    ) -> None:
+        """Fail (``status``) and/or delay the next ``times`` requests whose path matches."""
+        rule = {"method": method, "path": path, "status": status, "retry_after": retry_after}
+        self._faults.add(FaultRule.from_json({**rule, "times": times, "delay_ms": delay_ms}))
+
+    def clear_faults(self) -> None:
+        """Remove every fault rule."""
+        self._faults.clear()
+
+    def register_cluster(
+        self, subscription: str, resource_group: str, name: str, **spec: Any
+    ) -> None:
+        """Register an AKS cluster.
+
+        ``spec`` takes the admin API's fields: ``location``, ``admin_kubeconfig``,
+        ``user_kubeconfig``, ``fqdn``, ``aad``, and optionally ``application_gateway_id`` and
+        ``kubernetes_version``.
+        """
+        with self._lock:
+            self._arm.register_cluster(subscription, resource_group, name, spec)
+
+    def register_vault(
+        self, subscription: str, resource_group: str, name: str, **spec: Any
+    ) -> None:
+        """Register a Key Vault ARM resource (``location``); its data plane is the one vault."""
+        with self._lock:
+            self._arm.register_vault(subscription, resource_group, name, spec)
+
+    def drop_secret(self, name: str) -> bool:
+        """Remove a secret completely (all versions, no soft delete)."""
+        with self._lock:
+            return self._secrets.drop(name)
+
+    def drop_certificate(self, name: str) -> bool:
+        """Remove a certificate and its backing secret completely."""
+        with self._lock:
+            return self._certificates.drop(name)
+
+    def apply_config(self, config: dict[str, Any]) -> None:
+        """Register the ``clusters`` and ``vaults`` of a config mapping."""
+        for kind, register in (
+            ("clusters", self.register_cluster),
+            ("vaults", self.register_vault),
+        ):
+            for item in config.get(kind, []):
+                spec = dict(item)
+                keys = (spec.pop("subscription"), spec.pop("resourceGroup"), spec.pop("name"))
+                register(*keys, **spec)
+
+    # -- request handling ---------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Response:
+        """Serve one request (the server's application callable)."""
+        if req.path.startswith("/_emulator/"):
+            admin, match = self._admin.resolve(req.method, req.path)
+            return admin.handler(req, match)
+        started = time.perf_counter()
+        try:
+            resp = self._serve(req)
+        except HttpError as exc:
+            resp = exc.response()
+        self._log.append(req, resp.status, started)
+        return resp
+
+    def _serve(self, req: Request) -> Response:
+        rule = self._faults.take(req.method, req.path)
+        if rule is not None:
+            if rule.delay_ms:
+                time.sleep(rule.delay_ms / 1000)
+            if rule.status is not None:
+                return rule.response()
+        target, match = self._router.resolve(req.method, req.path)
+        if target.auth == "keyvault":
+            self._identity.require_keyvault(req)
+        elif target.auth == "arm":
+            self._identity.require_arm(req)
+        if target.auth != "none" and "api-version" not in req.query:
+            raise HttpError(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+        with self._lock:
+            return target.handler(req, match)
+
+    def _admin_routes(self) -> list[Route]:
+        ok = Response(200, {"ok": True})
+
+        def requests(req: Request, m: re.Match[str]) -> Response:
+            if req.method == "DELETE":
+                self.clear_log()
+                return ok
+            return Response(200, {"requests": self.requests_log()})
+
+        def faults(req: Request, m: re.Match[str]) -> Response:
+            if req.method == "DELETE":
+                self.clear_faults()
+            else:
+                self._faults.add(FaultRule.from_json(req.json()))
+            return ok
+
+        def register(req: Request, m: re.Match[str]) -> Response:
+            spec = req.json()
+            if not isinstance(spec, dict):
+                raise HttpError(400, "BadParameter", "The body must be a JSON object.")
+            add = self.register_cluster if m["kind"] == "clusters" else self.register_vault
+            add(m["sub"], m["rg"], m["name"], **spec)
+            return ok
+
+        def drop(req: Request, m: re.Match[str]) -> Response:
+            store = self.drop_secret if m["kind"] == "secrets" else self.drop_certificate
+            if not store(m["name"]):
+                raise HttpError(404, "NotFound", f"No {m['kind'][:-1]} named {m['name']}.")
+            return ok
+
+        def info(req: Request, m: re.Match[str]) -> Response:
+            return Response(200, {"url": self.url, "tenant_id": self.tenant_id})
+
+        triple = r"(?P<sub>[^/]+)/(?P<rg>[^/]+)/(?P<name>[^/]+)"
+        return [
+            route("GET DELETE", r"/_emulator/requests", requests, "none"),
+            route("POST DELETE", r"/_emulator/faults", faults, "none"),
+            route("PUT", r"/_emulator/(?P<kind>clusters|vaults)/" + triple, register, "none"),
+            route(
+                "DELETE",
+                r"/_emulator/keyvault/[^/]+/(?P<kind>secrets|certificates)/(?P<name>[^/]+)",
+                drop,
+                "none",
+            ),
+            route("GET", r"/_emulator/info", info, "none"),
+        ]

@@ -1,0 +1,253 @@
+"""X.509 work behind Key Vault certificates: keys, self-signing, PKCS#12/PEM, policy documents.
+
+Policies are kept as the REST JSON (``key_props``, ``secret_props``, ``x509_props``, ``issuer``,
+``lifetime_actions``), with the defaults Key Vault fills in: RSA 2048 exportable keys, PKCS#12
+secrets, server+client auth EKUs, 12 months validity, auto-renew at 80 % for created
+certificates; imported ones are described from the certificate itself with issuer ``Unknown``.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import datetime as dt
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from .server import HttpError
+
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PKCS12 = "application/x-pkcs12"
+PEM = "application/x-pem-file"
+_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+_USAGES = "digitalSignature nonRepudiation keyEncipherment dataEncipherment keyAgreement "
+_USAGES += "keyCertSign cRLSign encipherOnly decipherOnly"
+_KU_ATTRS = "digital_signature content_commitment key_encipherment data_encipherment "
+_KU_ATTRS += "key_agreement key_cert_sign crl_sign encipher_only decipher_only"
+_DN_EXTRA = {"E": NameOID.EMAIL_ADDRESS, "S": NameOID.STATE_OR_PROVINCE_NAME}
+_SERVER_CLIENT_AUTH = ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"]
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
+BAD_PFX = (
+    "The specified PKCS#12 X.509 certificate content can not be read. Please check if "
+    "certificate is in valid PKCS#12 format."
+)
+NO_KEY = (
+    "Private key is not specified in the specified X.509 PEM certificate content. Please "
+    "specify private key in the X.509 PEM certificate content."
+)
+
+
+def bad(message: str) -> HttpError:
+    """Key Vault's 400 ``BadParameter``."""
+    return HttpError(400, "BadParameter", message)
+
+
+@dataclass
+class CertVersion:
+    """A certificate version: leaf, private key and the rest of the chain."""
+
+    cert: x509.Certificate
+    key: Key
+    chain: list[x509.Certificate] = field(default_factory=list)
+    version: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def secret_value(self, content_type: str) -> str:
+        """The backing secret's value: base64 PKCS#12, or PEM key + chain."""
+        if content_type == PEM:
+            fmt = serialization.PrivateFormat.PKCS8
+            pem = serialization.Encoding.PEM
+            key = self.key.private_bytes(pem, fmt, serialization.NoEncryption())
+            return b"".join(
+                [key] + [c.public_bytes(pem) for c in [self.cert, *self.chain]]
+            ).decode()
+        pfx = pkcs12.serialize_key_and_certificates(
+            None, self.key, self.cert, self.chain or None, serialization.NoEncryption()
+        )
+        return base64.b64encode(pfx).decode()
+
+
+def parse_subject(subject: str) -> x509.Name:
+    """Parse Key Vault's ``CN=a, O=b`` subject syntax (empty means no subject, SANs only)."""
+    parts = [p.strip() for p in re.split(r"(?<!\\),", subject) if p.strip()]
+    try:
+        return x509.Name.from_rfc4514_string(",".join(parts), _DN_EXTRA)
+    except ValueError as exc:
+        raise bad(f"Invalid subject name: '{subject}'.") from exc
+
+
+def new_key(props: dict[str, Any]) -> Key:
+    """Generate the key a policy's ``key_props`` asks for."""
+    kty = str(props.get("kty") or "RSA").upper()
+    if kty in ("EC", "EC-HSM"):
+        curve = _CURVES.get(str(props.get("crv") or "P-256"))
+        if curve is None:
+            raise bad(f"Unsupported curve: {props.get('crv')}")
+        return ec.generate_private_key(curve)
+    size = int(props.get("key_size") or 2048)
+    if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
+        raise bad(f"Unsupported key type or size: {kty} {size}")
+    return rsa.generate_private_key(65537, size)
+
+
+def _key_props(key: Key, requested: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {"exportable": True, "reuse_key": False, **requested}
+    if isinstance(key, rsa.RSAPrivateKey):
+        return {**props, "kty": props.get("kty") or "RSA", "key_size": key.key_size}
+    crv = next(name for name, c in _CURVES.items() if c.name == key.curve.name)
+    return {**props, "kty": props.get("kty") or "EC", "key_size": key.curve.key_size, "crv": crv}
+
+
+def _sans(props: dict[str, Any]) -> list[x509.GeneralName]:
+    sans = props.get("sans") or {}
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in sans.get("dns_names") or []]
+    names += [x509.RFC822Name(n) for n in sans.get("emails") or []]
+    names += [x509.UniformResourceIdentifier(n) for n in sans.get("uris") or []]
+    try:
+        return names + [
+            x509.IPAddress(ipaddress.ip_address(n)) for n in sans.get("ipAddresses") or []
+        ]
+    except ValueError as exc:
+        raise bad(f"Invalid IP address SAN: {exc}") from exc
+
+
+def _key_usage(names: list[str]) -> x509.KeyUsage:
+    if unknown := set(names) - set(_USAGES.split()):
+        raise bad(f"Invalid key usage: {sorted(unknown)}")
+    flags = [u in names for u in _USAGES.split()]
+    if not flags[4]:  # encipherOnly/decipherOnly only exist with keyAgreement
+        flags[7] = flags[8] = False
+    return x509.KeyUsage(*flags)
+
+
+def _add_months(when: dt.datetime, months: int) -> dt.datetime:
+    year, month = divmod(when.month - 1 + months, 12)
+    year, month = when.year + year, month + 1
+    return when.replace(
+        year=year, month=month, day=min(when.day, calendar.monthrange(year, month)[1])
+    )
+
+
+def self_sign(key: Key, policy: dict[str, Any]) -> x509.Certificate:
+    """Issue the self-signed certificate a ``Self`` issuer policy describes."""
+    props = policy["x509_props"]
+    subject = parse_subject(props["subject"])
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    usages = list(props.get("key_usage") or [])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - dt.timedelta(minutes=5))
+        .not_valid_after(_add_months(start, int(props.get("validity_months") or 12)))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.BasicConstraints("keyCertSign" in usages, None), critical=True)
+    )
+    if usages:
+        builder = builder.add_extension(_key_usage(usages), critical=True)
+    if props.get("ekus"):
+        ekus = x509.ExtendedKeyUsage([ObjectIdentifier(o) for o in props["ekus"]])
+        builder = builder.add_extension(ekus, critical=False)
+    if sans := _sans(props):
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def create_policy(requested: dict[str, Any], key: Key) -> dict[str, Any]:
+    """The policy Key Vault stores for a create request: the request plus defaults."""
+    x509_props = {"subject": "", "ekus": _SERVER_CLIENT_AUTH, **(requested.get("x509_props") or {})}
+    if not x509_props["subject"] and not any((x509_props.get("sans") or {}).values()):
+        raise bad("The policy must specify a subject or subject alternative names.")
+    rsa_key = isinstance(key, rsa.RSAPrivateKey)
+    default_usage = ["digitalSignature", "keyEncipherment"] if rsa_key else ["digitalSignature"]
+    x509_props["key_usage"] = x509_props.get("key_usage") or default_usage
+    x509_props["validity_months"] = x509_props.get("validity_months") or 12
+    renew = [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}]
+    return {
+        "key_props": _key_props(key, requested.get("key_props") or {}),
+        "secret_props": requested.get("secret_props") or {"contentType": PKCS12},
+        "x509_props": x509_props,
+        "lifetime_actions": requested.get("lifetime_actions") or renew,
+        "issuer": requested.get("issuer") or {"name": "Unknown"},
+    }
+
+
+def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> Any:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _flag(ku: x509.KeyUsage, attr: str) -> bool:
+    try:
+        return bool(getattr(ku, attr))
+    except ValueError:  # encipher_only/decipher_only without key_agreement
+        return False
+
+
+def import_policy(requested: dict[str, Any], cv: CertVersion) -> dict[str, Any]:
+    """Describe an imported certificate as Key Vault does (issuer ``Unknown``)."""
+    cert = cv.cert
+    san, ku, eku = (
+        _extension(cert, k)
+        for k in (x509.SubjectAlternativeName, x509.KeyUsage, x509.ExtendedKeyUsage)
+    )
+    pairs = zip(_USAGES.split(), _KU_ATTRS.split(), strict=True)
+    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    notify = [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "EmailContacts"}}]
+    return {
+        "key_props": _key_props(cv.key, requested.get("key_props") or {}),
+        "secret_props": requested.get("secret_props") or {"contentType": PKCS12},
+        "x509_props": {
+            "subject": cert.subject.rfc4514_string(),
+            "sans": {"dns_names": san.get_values_for_type(x509.DNSName)} if san else {},
+            "ekus": [o.dotted_string for o in eku] if eku else [],
+            "key_usage": [name for name, attr in pairs if ku and _flag(ku, attr)],
+            "validity_months": max(1, round(days / 30.44)),
+        },
+        "lifetime_actions": notify,
+        "issuer": {"name": "Unknown"},
+    }
+
+
+def load_pem(value: str, password: str | None) -> CertVersion:
+    """Parse a PEM private key + certificate chain (raw PEM text, or its base64)."""
+    try:
+        raw = value.encode() if "-----BEGIN" in value else base64.b64decode(value, validate=True)
+        blocks = [(m[1], m[0]) for m in _PEM_BLOCK.finditer(raw)]
+        key_pem = next((b for kind, b in blocks if kind.endswith(b"PRIVATE KEY")), None)
+        if key_pem is None:
+            raise bad(NO_KEY)
+        key = serialization.load_pem_private_key(key_pem, password.encode() if password else None)
+        certs = [x509.load_pem_x509_certificate(b) for kind, b in blocks if kind == b"CERTIFICATE"]
+    except (ValueError, TypeError) as exc:
+        raise bad("The specified PEM X.509 certificate content can not be read.") from exc
+    leaf = next((c for c in certs if c.public_key() == key.public_key()), None)
+    if leaf is None or not isinstance(key, Key):
+        raise bad("The private key does not match any certificate in the content.")
+    return CertVersion(leaf, key, [c for c in certs if c is not leaf])
+
+
+def load_pfx(value: str, password: str | None) -> CertVersion:
+    """Parse a base64 PKCS#12 blob."""
+    try:
+        data = base64.b64decode(value, validate=True)
+        key, cert, extra = pkcs12.load_key_and_certificates(
+            data, password.encode() if password else None
+        )
+    except (ValueError, TypeError) as exc:
+        raise bad(BAD_PFX) from exc
+    if cert is None or not isinstance(key, Key):
+        raise bad(BAD_PFX)
+    return CertVersion(cert, key, list(extra))

@@ -1,0 +1,139 @@
+"""Pytest fixtures for the Azure emulator: one in-process emulator per session, real SDK clients.
+
+``azure_emulator`` is session scoped; ``emulator`` is the same object with faults and the request
+log cleared around each test. Client fixtures are configured exactly as production code would be,
+changed only by endpoint and CA bundle (see ``sandbox.azure``'s docstring for the recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.identity import ClientSecretCredential
+from azure.keyvault.certificates import CertificateClient
+from azure.keyvault.secrets import SecretClient
+from azure.mgmt.authorization import AuthorizationManagementClient
+from azure.mgmt.containerservice import ContainerServiceClient
+from azure.mgmt.keyvault import KeyVaultManagementClient
+from azure.mgmt.msi import ManagedServiceIdentityClient
+from azure.mgmt.network import NetworkManagementClient
+
+from sandbox.azure import AzureEmulator
+
+SUBSCRIPTION = "6f1d2c3b-0a9e-4f8d-8c7b-6a5e4d3c2b1a"
+CLIENT_ID = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture(scope="session")
+def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureEmulator]:
+    """A running in-process emulator for the whole session."""
+    with AzureEmulator(tmp_path_factory.mktemp("azure-emulator"), lro_retry_after_ms=10) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator(azure_emulator: AzureEmulator) -> Iterator[AzureEmulator]:
+    """The session emulator with no fault rules and an empty request log."""
+    azure_emulator.clear_faults()
+    azure_emulator.clear_log()
+    yield azure_emulator
+    azure_emulator.clear_faults()
+
+
+def emulator_credential(
+    emu: AzureEmulator,
+    secret: str = "any-secret",  # noqa: S107 - the emulator takes any
+) -> ClientSecretCredential:
+    """A ``ClientSecretCredential`` that gets its tokens from the emulator."""
+    return ClientSecretCredential(
+        emu.tenant_id,
+        CLIENT_ID,
+        secret,
+        authority=emu.url,
+        disable_instance_discovery=True,
+        connection_verify=str(emu.ca_bundle),
+    )
+
+
+def arm_kwargs(emu: AzureEmulator) -> dict[str, Any]:
+    """Keyword arguments pointing an ``azure-mgmt-*`` client at the emulator."""
+    return {"base_url": emu.url, "connection_verify": str(emu.ca_bundle)}
+
+
+@pytest.fixture(scope="session")
+def azure_credential(azure_emulator: AzureEmulator) -> Iterator[ClientSecretCredential]:
+    """A credential for the emulator's tenant."""
+    with emulator_credential(azure_emulator) as credential:
+        yield credential
+
+
+@pytest.fixture(scope="session")
+def secret_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[SecretClient]:
+    """A real ``SecretClient`` for the emulator's vault."""
+    ca = str(azure_emulator.ca_bundle)
+    with SecretClient(azure_emulator.url, azure_credential, connection_verify=ca) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def certificate_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[CertificateClient]:
+    """A real ``CertificateClient`` for the emulator's vault."""
+    ca = str(azure_emulator.ca_bundle)
+    with CertificateClient(azure_emulator.url, azure_credential, connection_verify=ca) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def aks_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[ContainerServiceClient]:
+    """A real ``ContainerServiceClient``."""
+    kwargs = arm_kwargs(azure_emulator)
+    with ContainerServiceClient(azure_credential, SUBSCRIPTION, **kwargs) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def network_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[NetworkManagementClient]:
+    """A real ``NetworkManagementClient``."""
+    kwargs = arm_kwargs(azure_emulator)
+    with NetworkManagementClient(azure_credential, SUBSCRIPTION, **kwargs) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def msi_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[ManagedServiceIdentityClient]:
+    """A real ``ManagedServiceIdentityClient``."""
+    kwargs = arm_kwargs(azure_emulator)
+    with ManagedServiceIdentityClient(azure_credential, SUBSCRIPTION, **kwargs) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def authorization_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[AuthorizationManagementClient]:
+    """A real ``AuthorizationManagementClient``."""
+    kwargs = arm_kwargs(azure_emulator)
+    with AuthorizationManagementClient(azure_credential, SUBSCRIPTION, **kwargs) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def keyvault_mgmt_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[KeyVaultManagementClient]:
+    """A real ``KeyVaultManagementClient``."""
+    kwargs = arm_kwargs(azure_emulator)
+    with KeyVaultManagementClient(azure_credential, SUBSCRIPTION, **kwargs) as client:
+        yield client

@@ -1,0 +1,203 @@
+"""Key Vault certificates (create LRO, import PKCS#12/PEM, backing secrets) with the real SDK."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.keyvault.certificates import (
+    CertificateClient,
+    CertificateContentType,
+    CertificatePolicy,
+    KeyType,
+    WellKnownIssuerNames,
+)
+from azure.keyvault.secrets import SecretClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from sandbox.azure import AzureEmulator
+from tests.emulator_fixtures import emulator_credential
+
+pytestmark = pytest.mark.emulator
+FAST = {"_polling_interval": 0.01}  # the SDK's private knob; its default waits 5 s between polls
+
+
+def _self_signed(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _same_key(private: object, cert: x509.Certificate) -> bool:
+    assert hasattr(private, "public_key")
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bool(private.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt))
+
+
+def test_create_with_default_policy(
+    emulator: AzureEmulator, certificate_client: CertificateClient, secret_client: SecretClient
+) -> None:
+    poller = certificate_client.begin_create_certificate(
+        "created-default", CertificatePolicy.get_default(), **FAST
+    )
+    cert = poller.result()
+    pending = [e["status"] for e in emulator.requests_log() if e["path"].endswith("/pending")]
+    assert pending == [200, 200]  # inProgress, then completed
+    assert cert.cer is not None
+    assert cert.properties.x509_thumbprint is not None
+    parsed = x509.load_der_x509_certificate(cert.cer)
+    assert parsed.subject.rfc4514_string() == "CN=DefaultPolicy"
+    assert cert.properties.x509_thumbprint == hashlib.sha1(cert.cer).digest()  # noqa: S324
+    assert cert.policy is not None
+    assert cert.policy.issuer_name == "Self"
+    assert cert.policy.key_type == KeyType.rsa
+    assert cert.policy.key_size == 2048
+    assert cert.key_id == f"{emulator.url}/keys/created-default/{cert.properties.version}"
+    secret = secret_client.get_secret("created-default", cert.properties.version)
+    assert secret.properties.managed
+    assert secret.properties.content_type == "application/x-pkcs12"
+    key, leaf, _ = pkcs12.load_key_and_certificates(base64.b64decode(secret.value or ""), None)
+    assert leaf is not None
+    assert leaf.fingerprint(hashes.SHA256()) == parsed.fingerprint(hashes.SHA256())
+    assert _same_key(key, parsed)
+
+
+def test_create_with_custom_policy_pem(
+    certificate_client: CertificateClient, secret_client: SecretClient
+) -> None:
+    policy = CertificatePolicy(
+        WellKnownIssuerNames.self,
+        subject="CN=mesh.example, O=Meshflow",
+        san_dns_names=["mesh.example", "*.mesh.example"],
+        key_type=KeyType.ec,
+        key_curve_name="P-256",
+        validity_in_months=6,
+        content_type=CertificateContentType.pem,
+    )
+    cert = certificate_client.begin_create_certificate("created-pem", policy, **FAST).result()
+    parsed = x509.load_der_x509_certificate(cert.cer or b"")
+    assert parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mesh.example"
+    sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["mesh.example", "*.mesh.example"]
+    lifetime = parsed.not_valid_after_utc - parsed.not_valid_before_utc
+    assert dt.timedelta(days=180) <= lifetime <= dt.timedelta(days=186)
+    pem = secret_client.get_secret("created-pem").value or ""
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----")
+    assert "BEGIN CERTIFICATE" in pem
+    key = serialization.load_pem_private_key(pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert _same_key(key, parsed)
+    got = certificate_client.get_certificate_policy("created-pem")
+    assert got.subject == "CN=mesh.example, O=Meshflow"
+    assert got.content_type == "application/x-pem-file"
+
+
+def test_import_pkcs12_with_password_and_versions(
+    emulator: AzureEmulator, certificate_client: CertificateClient, secret_client: SecretClient
+) -> None:
+    key, leaf = _self_signed("imported.example")
+    pfx = pkcs12.serialize_key_and_certificates(
+        b"x", key, leaf, None, serialization.BestAvailableEncryption(b"pw")
+    )
+    first = certificate_client.import_certificate("imported", pfx, password="pw")
+    assert first.cer == leaf.public_bytes(serialization.Encoding.DER)
+    assert first.policy is not None
+    assert first.policy.issuer_name == "Unknown"
+    assert first.properties.expires_on == leaf.not_valid_after_utc
+    second = certificate_client.import_certificate("imported", pfx, password="pw")
+    latest = certificate_client.get_certificate("imported")
+    assert latest.properties.version == second.properties.version
+    by_version = certificate_client.get_certificate_version(
+        "imported", first.properties.version or ""
+    )
+    assert by_version.id == first.id
+    versions = {
+        p.version for p in certificate_client.list_properties_of_certificate_versions("imported")
+    }
+    assert versions == {first.properties.version, second.properties.version}
+    secret = secret_client.get_secret("imported", first.properties.version)
+    _, again, _ = pkcs12.load_key_and_certificates(base64.b64decode(secret.value or ""), None)
+    assert again == leaf
+
+
+def test_import_pem(certificate_client: CertificateClient, secret_client: SecretClient) -> None:
+    key, leaf = _self_signed("pem.example")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ) + leaf.public_bytes(serialization.Encoding.PEM)
+    policy = CertificatePolicy(
+        WellKnownIssuerNames.unknown, content_type=CertificateContentType.pem
+    )
+    cert = certificate_client.import_certificate("imported-pem", pem, policy=policy)
+    assert cert.cer == leaf.public_bytes(serialization.Encoding.DER)
+    assert secret_client.get_secret("imported-pem").value == pem.decode()
+
+
+def test_bad_pkcs12_is_400(certificate_client: CertificateClient) -> None:
+    with pytest.raises(HttpResponseError) as err:
+        certificate_client.import_certificate("broken", b"not a pfx")
+    assert err.value.status_code == 400
+    assert err.value.error is not None
+    assert err.value.error.code == "BadParameter"
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_certificate("broken")
+
+
+def test_delete_and_purge_certificate(
+    emulator: AzureEmulator, certificate_client: CertificateClient, secret_client: SecretClient
+) -> None:
+    key, leaf = _self_signed("gone.example")
+    pfx = pkcs12.serialize_key_and_certificates(None, key, leaf, None, serialization.NoEncryption())
+    certificate_client.import_certificate("deleted-cert", pfx)
+    poller = certificate_client.begin_delete_certificate("deleted-cert")
+    poller.wait()
+    assert poller.result().recovery_id == f"{emulator.url}/deletedcertificates/deleted-cert"
+    assert certificate_client.get_deleted_certificate("deleted-cert").name == "deleted-cert"
+    with pytest.raises(ResourceNotFoundError):
+        secret_client.get_secret("deleted-cert")
+    certificate_client.purge_deleted_certificate("deleted-cert")
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_deleted_certificate("deleted-cert")
+
+
+def test_admin_drop_certificate(
+    emulator: AzureEmulator, certificate_client: CertificateClient
+) -> None:
+    key, leaf = _self_signed("drop.example")
+    pfx = pkcs12.serialize_key_and_certificates(None, key, leaf, None, serialization.NoEncryption())
+    certificate_client.import_certificate("dropped-cert", pfx)
+    assert emulator.drop_certificate("dropped-cert")
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_certificate("dropped-cert")
+
+
+def test_pending_polls_zero_needs_no_client_tuning(tmp_path: Path) -> None:
+    with AzureEmulator(tmp_path, pending_polls=0) as emu:
+        ca = str(emu.ca_bundle)
+        client = CertificateClient(emu.url, emulator_credential(emu), connection_verify=ca)
+        started = time.monotonic()
+        cert = client.begin_create_certificate("quick", CertificatePolicy.get_default()).result()
+        assert time.monotonic() - started < 2  # no 5 s poll interval was slept
+        assert cert.properties.version is not None
+        client.close()
