@@ -23,6 +23,7 @@ from azure.keyvault.certificates import (
 )
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
@@ -51,18 +52,26 @@ class ObjectRef(BaseModel):
     thumbprint: str | None = None
 
 
+def describe(ref: ObjectRef, cert: x509.Certificate) -> ObjectRef:
+    """``ref`` with the subject, expiry and thumbprint of the certificate it holds (or starts)."""
+    return ref.model_copy(
+        update={
+            "subject": cert.subject.rfc4514_string(),
+            "not_after": cert.not_valid_after_utc,
+            "thumbprint": pki.sha1_thumbprint_hex(cert),
+        }
+    )
+
+
 def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
     """A reference to a Key Vault certificate version."""
-    parsed = x509.load_der_x509_certificate(bytes(cert.cer or b""))
-    return ObjectRef(
+    ref = ObjectRef(
         kind="certificate",
         name=str(cert.name),
         version=str(cert.properties.version if cert.properties else ""),
         written=written,
-        subject=parsed.subject.rfc4514_string(),
-        not_after=parsed.not_valid_after_utc,
-        thumbprint=pki.sha1_thumbprint_hex(parsed),
     )
+    return describe(ref, x509.load_der_x509_certificate(bytes(cert.cer or b"")))
 
 
 @contextmanager
@@ -215,3 +224,32 @@ def probe_key_vault(key_vault_block: str) -> ProbeResult:
         version=str(written.properties.version),
         round_trip_ms=round(elapsed, 1),
     )
+
+
+@task(name="read-public-pki", **TRANSIENT_RETRIES)
+def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]:
+    """The public PKI files by relative path: ``root-cert.pem``, ``<c>/ca-cert.pem``, ``<c>/cert-chain.pem``.
+
+    Read-only; certificates only, never a key.
+    """
+    vault = load_block(KeyVault, key_vault_block)
+    files: dict[str, str] = {}
+    with vault_clients(vault) as (secrets, certs):
+        root = get_secret_value(secrets, "root-cert")
+        if root is None:
+            raise KeyVaultError(
+                f"Key Vault {vault.vault_name!r} has no root-cert; run `meshflow pki ensure`"
+            )
+        files["root-cert.pem"] = root
+        for cluster in clusters:
+            cert = get_certificate(certs, f"{cluster}-ca-cert")
+            chain = get_secret_value(secrets, f"{cluster}-cert-chain")
+            if cert is None or chain is None:
+                raise KeyVaultError(f"Key Vault {vault.vault_name!r} lacks {cluster}'s CA objects")
+            der = x509.load_der_x509_certificate(bytes(cert.cer or b""))
+            files[f"{cluster}/ca-cert.pem"] = der.public_bytes(Encoding.PEM).decode()
+            files[f"{cluster}/cert-chain.pem"] = chain
+    for text in files.values():  # defence in depth: this output goes to disk
+        if "PRIVATE KEY" in text:
+            raise KeyVaultError("refusing to export: a public PKI object contains a private key")
+    return files

@@ -1,0 +1,294 @@
+"""The mesh PKI in Key Vault (steps 02, 03, 16, 19): ensure, never regenerate a live root.
+
+Objects (names fixed by the SecretProviderClass of step 04 and the App Gateway of step 17):
+
+- certificate ``istio-root-ca``: the root CA **with its key**, exportable. The seed keeps the root
+  key offline, but rotation must sign new intermediates, so meshflow keeps it in Key Vault. Only
+  the deployer identity may read it: put it in a separate vault (``root_key_vault_block``) whose
+  access policy names the deployer alone, because the clusters' secrets-provider identities get
+  *get* on every secret of the mesh vault.
+- secret ``root-cert``: the root PEM (public).
+- per cluster: certificate ``<cluster>-ca-cert`` (intermediate + key, PKCS#12 import) and secret
+  ``<cluster>-cert-chain`` (intermediate PEM then root PEM).
+- certificate ``frontend-certificate`` (App Gateway listener) and ``echoserver`` (ingress
+  backend leaf signed by the Istio root, with a DNS SAN).
+
+Every task is idempotent: it reads first and writes only what is absent, invalid, expiring
+within the threshold or signed by another root; a second run writes nothing. Writes go key-first
+(the certificate holding the key, then the public secret), so a crash between them is repaired
+by the next run instead of leaving a chain that no key backs. Keys are generated and used in
+memory inside one task; tasks return :class:`~tasks.keyvault.ObjectRef` values only. Retries:
+transient Key Vault errors only (see :mod:`tasks.retry`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.keyvault.certificates import CertificateClient, CertificatePolicy
+from azure.keyvault.secrets import SecretClient
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from prefect import task
+from prefect.blocks.system import Secret
+
+from blocks import KeyVault, load_block
+from meshflow import pki
+from meshflow.spec import PkiSettings
+from tasks.keyvault import (
+    PEM_CONTENT_TYPE,
+    KeyVaultError,
+    ObjectRef,
+    cert_ref,
+    describe,
+    ensure_secret_value,
+    get_certificate,
+    get_secret_value,
+    import_cert_key,
+    load_cert_key,
+    vault_clients,
+)
+from tasks.retry import TRANSIENT_RETRIES
+
+ROOT_CA = "istio-root-ca"
+ROOT_CERT_SECRET = "root-cert"  # noqa: S105 - a secret name, not a value
+FRONTEND_CERT = "frontend-certificate"
+INGRESS_CERT = "echoserver"
+TAGS = {"managed-by": "meshflow"}
+
+
+class RootCaError(KeyVaultError):
+    """The root CA is missing or unusable; meshflow will not replace it on its own."""
+
+
+def intermediate_cert_name(cluster: str) -> str:
+    """Key Vault certificate holding a cluster's intermediate CA and key."""
+    return f"{cluster}-ca-cert"
+
+
+def chain_secret_name(cluster: str) -> str:
+    """Key Vault secret holding a cluster's ``cert-chain.pem``."""
+    return f"{cluster}-cert-chain"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _load_root(vault: KeyVault) -> pki.CertKeyPair:
+    with vault_clients(vault) as (secrets, certs):
+        cert = get_certificate(certs, ROOT_CA)
+        if cert is None:
+            raise RootCaError(
+                f"Key Vault {vault.vault_name!r} has no root CA {ROOT_CA!r}; "
+                "run the ensure-mesh-pki flow first"
+            )
+        return load_cert_key(secrets, cert)
+
+
+def _root_problems(pair: pki.CertKeyPair, now: dt.datetime) -> list[str]:
+    report = pki.inspect_bundle(pair.cert, key=pair.key, roots=[pair.cert], now=now, expect_ca=True)
+    return list(report.problems)
+
+
+def _ensure_root_pem(secrets: SecretClient, vault: KeyVault, root: x509.Certificate) -> ObjectRef:
+    try:
+        current = secrets.get_secret(ROOT_CERT_SECRET)
+    except ResourceNotFoundError:
+        current = None
+    if current is not None:
+        published = pki.load_pem_chain((current.value or "").encode())
+        if root in published:  # during a root rotation it holds old and new roots
+            ref = ObjectRef(
+                kind="secret", name=ROOT_CERT_SECRET, version=str(current.properties.version)
+            )
+            return describe(ref, root)
+        raise RootCaError(
+            f"Key Vault {vault.vault_name!r}: secret {ROOT_CERT_SECRET!r} does not contain the "
+            f"root CA {ROOT_CA!r} ({root.subject.rfc4514_string()}); refusing to overwrite it. "
+            "Check which root the clusters trust before changing either object."
+        )
+    pem = root.public_bytes(Encoding.PEM).decode()
+    ref = ensure_secret_value(
+        secrets, ROOT_CERT_SECRET, pem, content_type=PEM_CONTENT_TYPE, tags=TAGS
+    )
+    return describe(ref, root)
+
+
+def _existing_mesh_objects(
+    secrets: SecretClient, certs: CertificateClient, clusters: Sequence[str]
+) -> list[str]:
+    found = [ROOT_CERT_SECRET] if get_secret_value(secrets, ROOT_CERT_SECRET) is not None else []
+    found += [
+        intermediate_cert_name(c)
+        for c in clusters
+        if get_certificate(certs, intermediate_cert_name(c)) is not None
+    ]
+    return found
+
+
+@task(name="ensure-root-ca", **TRANSIENT_RETRIES)
+def ensure_root_ca(
+    key_vault_block: str,
+    clusters: Sequence[str],
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> list[ObjectRef]:
+    """Reuse the mesh root CA, or create it when no trace of a mesh exists yet (step 02-03).
+
+    Raises:
+        RootCaError: the root is missing while ``root-cert`` or intermediates exist (a second
+            root would split the mesh's trust), or the stored root is invalid or does not match
+            its key. Nothing is overwritten in either case.
+    """
+    vault = load_block(KeyVault, key_vault_block)
+    root_vault = load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault
+    now = _now()
+    with vault_clients(root_vault) as (root_secrets, root_certs):
+        stored = get_certificate(root_certs, ROOT_CA)
+        if stored is None:
+            with vault_clients(vault) as (secrets, certs):
+                leftovers = _existing_mesh_objects(secrets, certs, clusters)
+            if leftovers:
+                raise RootCaError(
+                    f"Key Vault {root_vault.vault_name!r} has no root CA {ROOT_CA!r}, but the mesh "
+                    f"already has {', '.join(leftovers)}. Refusing to create a second root. "
+                    f"Recover the deleted root (az keyvault certificate recover --vault-name "
+                    f"{root_vault.vault_name} --name {ROOT_CA}) or restore it from backup."
+                )
+            pair = pki.generate_root_ca(
+                now=now, key_size=settings.ca_key_size, days=settings.root_days
+            )
+            root_ref = import_cert_key(root_certs, ROOT_CA, pair, tags=TAGS)
+        else:
+            pair = load_cert_key(root_secrets, stored)
+            problems = _root_problems(pair, now)
+            if problems:
+                raise RootCaError(
+                    f"root CA {ROOT_CA!r} in Key Vault {root_vault.vault_name!r} is unusable: "
+                    f"{'; '.join(problems)}. meshflow will not overwrite it; rotate the root "
+                    "with the rotation flow."
+                )
+            root_ref = cert_ref(stored, written=False)
+    with vault_clients(vault) as (secrets, _):
+        pem_ref = _ensure_root_pem(secrets, vault, pair.cert)
+    return [root_ref, pem_ref]
+
+
+@task(name="ensure-intermediate-ca", **TRANSIENT_RETRIES)
+def ensure_intermediate_ca(
+    key_vault_block: str,
+    cluster: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> list[ObjectRef]:
+    """Ensure ``<cluster>-ca-cert`` and ``<cluster>-cert-chain`` (steps 02-03, per cluster).
+
+    Reissues the intermediate when it is absent, unreadable, signed by another root, or within
+    ``settings.rotation_threshold_days`` of expiry; the old version stays readable in Key Vault.
+    """
+    vault = load_block(KeyVault, key_vault_block)
+    root = _load_root(load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault)
+    now = _now()
+    name = intermediate_cert_name(cluster)
+    with vault_clients(vault) as (secrets, certs):
+        stored = get_certificate(certs, name)
+        pair = load_cert_key(secrets, stored) if stored is not None else None
+        if stored is None or pair is None or _reissue_reason(pair, root, now, settings):
+            pair = pki.generate_intermediate_ca(
+                root,
+                cluster=cluster,
+                now=now,
+                key_size=settings.ca_key_size,
+                days=settings.intermediate_days,
+            )
+            cert = import_cert_key(certs, name, pair, tags=TAGS | {"cluster": cluster})
+        else:
+            cert = cert_ref(stored, written=False)
+        chain = pki.cert_chain_pem(pair.cert, root.cert).decode()
+        chain_ref = ensure_secret_value(
+            secrets,
+            chain_secret_name(cluster),
+            chain,
+            content_type=PEM_CONTENT_TYPE,
+            tags=TAGS | {"cluster": cluster},
+        )
+    return [cert, describe(chain_ref, pair.cert)]
+
+
+def _reissue_reason(
+    pair: pki.CertKeyPair, root: pki.CertKeyPair, now: dt.datetime, settings: PkiSettings
+) -> str | None:
+    if not pair.key_matches():
+        return "its key does not match its certificate"
+    if not pki.signed_by(pair.cert, root.cert):
+        return "it is not signed by the current root"
+    if pki.rotation_due(pair.cert, now=now, threshold_days=settings.rotation_threshold_days):
+        return f"it expires within {settings.rotation_threshold_days} days"
+    return None
+
+
+@task(name="ensure-ingress-certificate", **TRANSIENT_RETRIES)
+def ensure_ingress_certificate(
+    key_vault_block: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+    host: str = pki.ECHOSERVER_HOST,
+) -> ObjectRef:
+    """Ensure certificate ``echoserver``: the ingress backend leaf signed by the root (step 19)."""
+    vault = load_block(KeyVault, key_vault_block)
+    root = _load_root(load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault)
+    now = _now()
+    with vault_clients(vault) as (secrets, certs):
+        stored = get_certificate(certs, INGRESS_CERT)
+        if stored is not None:
+            pair = load_cert_key(secrets, stored)
+            fresh = _reissue_reason(pair, root, now, settings) is None
+            if fresh and f"DNS:{host}" in pki.san_strings(pair.cert):
+                return cert_ref(stored, written=False)
+        leaf = pki.generate_ingress_leaf(
+            root, now=now, host=host, key_size=settings.leaf_key_size, days=settings.leaf_days
+        )
+        return import_cert_key(certs, INGRESS_CERT, leaf, tags=TAGS)
+
+
+@task(name="ensure-frontend-certificate", **TRANSIENT_RETRIES)
+def ensure_frontend_certificate(
+    key_vault_block: str,
+    settings: PkiSettings,
+    pfx_secret_block: str | None = None,
+) -> ObjectRef:
+    """Ensure certificate ``frontend-certificate`` for the App Gateway listener (step 16).
+
+    Without ``pfx_secret_block``: created by Key Vault with its default self-signed policy when
+    absent or expiring. With it: the PFX (base64, no password) in that Prefect Secret block is
+    imported unless Key Vault already holds the same certificate.
+    """
+    vault = load_block(KeyVault, key_vault_block)
+    now = _now()
+    with vault_clients(vault) as (_, certs):
+        stored = get_certificate(certs, FRONTEND_CERT)
+        if pfx_secret_block:
+            blob = base64.b64decode(str(load_block(Secret, pfx_secret_block).get()))
+            wanted = pki.from_pkcs12(blob).pair
+            if stored is not None and bytes(stored.cer or b"") == wanted.cert.public_bytes(
+                Encoding.DER
+            ):
+                return cert_ref(stored, written=False)
+            return import_cert_key(certs, FRONTEND_CERT, wanted, tags=TAGS)
+        if stored is not None:
+            parsed = x509.load_der_x509_certificate(bytes(stored.cer or b""))
+            due = pki.rotation_due(parsed, now=now, threshold_days=settings.rotation_threshold_days)
+            if not due:
+                return cert_ref(stored, written=False)
+        poller = certs.begin_create_certificate(
+            FRONTEND_CERT, CertificatePolicy.get_default(), tags=TAGS
+        )
+        poller.result()
+        created = get_certificate(certs, FRONTEND_CERT)
+        if created is None:
+            raise KeyVaultError(f"Key Vault {vault.vault_name!r} did not create {FRONTEND_CERT}")
+        return cert_ref(created, written=True)

@@ -1,0 +1,154 @@
+"""The mesh PKI in Key Vault, end to end on the emulator with a real Prefect server.
+
+Tests run in file order on one vault: first run, idempotent re-run, export, reissue, lost root.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from prefect.logging.handlers import APILogHandler
+
+from flows.pki import ensure_mesh_pki
+from meshflow.spec import MeshSpec, PkiSettings
+from sandbox.azure import AzureEmulator
+from sandbox.prefect_server import PrefectServer
+from tasks.keyvault import read_public_pki
+from tasks.pki import ROOT_CA, RootCaError
+
+WRITE_METHODS = {"PUT", "POST", "PATCH", "DELETE"}
+PKCS12_OID = bytes.fromhex("2a864886f70d010c")  # 1.2.840.113549.1.12: PKCS#12 bag types
+
+
+def _vault_writes(emulator: AzureEmulator) -> list[tuple[str, str]]:
+    return [
+        (r["method"], r["path"])
+        for r in emulator.requests_log()
+        if r["method"] in WRITE_METHODS and not r["path"].startswith("/subscriptions")
+        and "/oauth2/" not in r["path"] and r["status"] < 400
+    ]  # fmt: skip
+
+
+def _expected_objects(spec: MeshSpec) -> set[str]:
+    names = {ROOT_CA, "root-cert", "echoserver", "frontend-certificate"}
+    for c in spec.clusters:
+        names |= {f"{c.name}-ca-cert", f"{c.name}-cert-chain"}
+    return names
+
+
+@pytest.fixture(scope="module")
+def clean_vault(mesh_env: MeshSpec, azure_emulator: AzureEmulator) -> MeshSpec:
+    for name in _expected_objects(mesh_env):
+        azure_emulator.drop_certificate(name)
+        azure_emulator.drop_secret(name)
+    return mesh_env
+
+
+def test_first_run_creates_exactly_the_documented_objects(
+    clean_vault: MeshSpec, emulator: AzureEmulator
+) -> None:
+    report = ensure_mesh_pki(clean_vault)
+    assert {o.name for o in report.objects} == _expected_objects(clean_vault)
+    assert all(o.written for o in report.objects)
+    writes = _vault_writes(emulator)
+    imports = sorted(p.split("/")[2] for m, p in writes if p.endswith("/import"))
+    cluster_certs = [f"{c.name}-ca-cert" for c in clean_vault.clusters]
+    assert imports == sorted([ROOT_CA, "echoserver", *cluster_certs])
+    assert [p for m, p in writes if p.endswith("/create")] == [
+        "/certificates/frontend-certificate/create"
+    ]
+    set_secrets = sorted(p.split("/")[2] for m, p in writes if m == "PUT")
+    assert set_secrets == sorted(["root-cert", *[f"{c.name}-cert-chain" for c in clean_vault.clusters]])
+
+
+def test_second_run_writes_nothing(clean_vault: MeshSpec, emulator: AzureEmulator) -> None:
+    report = ensure_mesh_pki(clean_vault)
+    assert report.written == []
+    assert _vault_writes(emulator) == []
+
+
+def test_exported_public_files_verify_with_openssl(clean_vault: MeshSpec, tmp_path: Path) -> None:
+    files = read_public_pki(clean_vault.key_vault_block, [c.name for c in clean_vault.clusters])
+    for rel, text in files.items():
+        assert "PRIVATE KEY" not in text
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    for c in clean_vault.clusters:
+        result = subprocess.run(
+            ["openssl", "verify", "-CAfile", tmp_path / "root-cert.pem",
+             "-untrusted", tmp_path / c.name / "cert-chain.pem", tmp_path / c.name / "ca-cert.pem"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        chain = x509.load_pem_x509_certificates((tmp_path / c.name / "cert-chain.pem").read_bytes())
+        ca = x509.load_pem_x509_certificate((tmp_path / c.name / "ca-cert.pem").read_bytes())
+        root = x509.load_pem_x509_certificate((tmp_path / "root-cert.pem").read_bytes())
+        assert chain == [ca, root]  # cert-chain.pem = intermediate then root
+
+
+def test_intermediate_within_threshold_is_reissued_and_old_version_stays_readable(
+    clean_vault: MeshSpec, emulator: AzureEmulator, azure_emulator: AzureEmulator
+) -> None:
+    from blocks import KeyVault, load_block
+
+    certs = load_block(KeyVault, clean_vault.key_vault_block).certificate_client()
+    first = clean_vault.clusters[0].name
+    old = certs.get_certificate(f"{first}-ca-cert")
+    # The intermediates have about 730 days left: due under an 800-day threshold.
+    due = clean_vault.model_copy(
+        update={
+            "pki": PkiSettings(
+                ca_key_size=2048, intermediate_days=1000, rotation_threshold_days=800
+            )
+        }
+    )
+    report = ensure_mesh_pki(due)
+    reissued = {o.name for o in report.written}
+    assert {f"{c.name}-ca-cert" for c in clean_vault.clusters} <= reissued
+    assert {f"{c.name}-cert-chain" for c in clean_vault.clusters} <= reissued
+    assert ROOT_CA not in reissued and "root-cert" not in reissued  # the root is never reissued
+    new = certs.get_certificate(f"{first}-ca-cert")
+    assert new.properties.version != old.properties.version
+    kept = certs.get_certificate_version(f"{first}-ca-cert", old.properties.version)
+    assert kept.cer == old.cer
+    # The reissued intermediates (1000 days) are not due under the usual 30-day threshold.
+    assert ensure_mesh_pki(clean_vault).written == []
+
+
+def test_a_deleted_root_fails_loudly_instead_of_creating_a_second_one(
+    clean_vault: MeshSpec, emulator: AzureEmulator, azure_emulator: AzureEmulator
+) -> None:
+    assert azure_emulator.drop_certificate(ROOT_CA)
+    emulator.clear_log()
+    with pytest.raises(RootCaError, match="Refusing to create a second root"):
+        ensure_mesh_pki(clean_vault)
+    assert _vault_writes(emulator) == []
+
+
+def _base64_runs(data: bytes) -> list[bytes]:
+    return re.findall(rb"[A-Za-z0-9+/]{400,}={0,2}", data)
+
+
+def test_no_private_key_or_pkcs12_in_prefect_database_results_or_logs(
+    prefect_server: PrefectServer,
+) -> None:
+    APILogHandler().flush()
+    home = prefect_server.database.parent
+    scanned = [p for p in home.rglob("*") if p.is_file()]
+    assert prefect_server.database in scanned
+    for path in scanned:
+        data = path.read_bytes()
+        assert b"PRIVATE KEY" not in data, path
+        assert PKCS12_OID not in data, path
+        for run in _base64_runs(data):
+            try:
+                decoded = base64.b64decode(run + b"=" * (-len(run) % 4))
+            except ValueError:
+                continue
+            assert PKCS12_OID not in decoded, f"PKCS#12 blob in {path}"
+            assert b"PRIVATE KEY" not in decoded, path
