@@ -65,9 +65,9 @@ class AzureCredentials(Block):
             # Microsoft's instance-discovery endpoint.
             common |= {"authority": self.authority_host, "disable_instance_discovery": True}
         if self.auth == "service-principal":
-            assert self.tenant_id and self.client_id and self.client_secret  # noqa: S101 - validated
+            secret = self.client_secret.get_secret_value() if self.client_secret else ""
             return ClientSecretCredential(
-                self.tenant_id, self.client_id, self.client_secret.get_secret_value(), **common
+                str(self.tenant_id), str(self.client_id), secret, **common
             )
         if self.auth == "workload-identity":
             return WorkloadIdentityCredential(

@@ -20,7 +20,9 @@ class KeyVault(Block):
     vault_url: str | None = Field(
         default=None, description="Override of https://<vault_name>.vault.azure.net (sandbox)."
     )
-    tenant_id: str | None = Field(default=None, description="Tenant of the vault (for the CSI SPC).")
+    tenant_id: str | None = Field(
+        default=None, description="Tenant of the vault (for the CSI SPC)."
+    )
     credentials: AzureCredentials
 
     @property

@@ -36,14 +36,15 @@ class AccessReport(BaseModel):
 
     def markdown(self) -> str:
         """The report as a Markdown table."""
+        kv = self.key_vault
         rows = "\n".join(
             f"| {c.cluster} | {c.server} | {c.auth} | {c.namespaces} |" for c in self.clusters
         )
         return (
             f"# Access verified: {self.environment}\n\n"
             "| cluster | API server | auth | namespaces |\n|---|---|---|---|\n"
-            f"{rows}\n\nKey Vault `{self.key_vault.vault}`: wrote and read `{self.key_vault.secret}` "
-            f"(version {self.key_vault.version}) in {self.key_vault.round_trip_ms} ms.\n"
+            f"{rows}\n\nKey Vault `{kv.vault}`: wrote and read `{kv.secret}` "
+            f"(version {kv.version}) in {kv.round_trip_ms} ms.\n"
         )
 
 
@@ -53,7 +54,7 @@ def verify_access(spec: MeshSpec) -> AccessReport:
     logger = get_run_logger()
     creds = {c.name: get_cluster_credentials.submit(c.aks_block) for c in spec.clusters}
     namespaces = {
-        c.name: list_namespaces.submit(c.aks_block, wait_for=[creds[c.name]])
+        c.name: list_namespaces.submit(c.aks_block, wait_for=[creds[c.name]], return_state=False)
         for c in spec.clusters
     }
     probe = probe_key_vault.submit(spec.key_vault_block)

@@ -1,0 +1,1 @@
+"""meshflow: the pure core (mesh description, PKI, manifests, kubeconfigs) and the CLI."""

@@ -18,7 +18,12 @@ import typer
 
 from meshflow.spec import MeshSpec
 
-for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+_QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+for _key, _value in _QUIET.items():
     os.environ.setdefault(_key, _value)
 
 app = typer.Typer(help="Build and run a multi-primary Istio mesh across AKS clusters.",
@@ -26,6 +31,8 @@ app = typer.Typer(help="Build and run a multi-primary Istio mesh across AKS clus
 sandbox_app = typer.Typer(help="The local sandbox: real control planes + Azure emulator.",
                           no_args_is_help=True)  # fmt: skip
 app.add_typer(sandbox_app, name="sandbox")
+pki_app = typer.Typer(help="The mesh CA in Key Vault.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
 
 ENVIRONMENTS_DIR = Path(__file__).resolve().parent.parent / "deployments" / "environments"
 
@@ -54,7 +61,7 @@ def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
     else:
         path = ENVIRONMENTS_DIR / f"{env}.yaml"
         if not path.exists():
-            known = sorted(p.stem for p in ENVIRONMENTS_DIR.glob("*.yaml")) + ["sandbox"]
+            known = [*sorted(p.stem for p in ENVIRONMENTS_DIR.glob("*.yaml")), "sandbox"]
             raise _fail(f"no environment {env!r}; known: {', '.join(known)}")
         spec = MeshSpec.from_yaml(path)
         api_url = str(PREFECT_API_URL.value() or "")
@@ -107,7 +114,9 @@ def _print_status() -> None:
     if "environment" not in status:
         typer.echo("sandbox: not running")
         return
-    typer.echo(f"sandbox: {'running' if status['running'] else 'DEGRADED'}  ({status['state_dir']})")
+    typer.echo(
+        f"sandbox: {'running' if status['running'] else 'DEGRADED'}  ({status['state_dir']})"
+    )
     typer.echo(f"  Prefect UI      {status['prefect_ui_url']}")
     typer.echo(f"  Azure emulator  {status['emulator_url']}")
     for c in status["clusters"]:
@@ -125,7 +134,41 @@ def verify(env: EnvOption = "sandbox") -> None:
     for c in report.clusters:
         typer.echo(f"  {c.cluster:<15} {c.server}  {c.namespaces} namespaces ({c.auth})")
     kv = report.key_vault
-    typer.echo(f"  Key Vault       {kv.vault}: probe secret written and read in {kv.round_trip_ms} ms")
+    typer.echo(
+        f"  Key Vault       {kv.vault}: probe secret written and read in {kv.round_trip_ms} ms"
+    )
+
+
+@pki_app.command("ensure")
+def pki_ensure(env: EnvOption = "sandbox") -> None:
+    """Create or reuse the root CA, per-cluster intermediates and ingress certificates."""
+    from flows.pki import ensure_mesh_pki
+
+    with _environment(env) as (spec, _):
+        report = ensure_mesh_pki(spec)
+    typer.echo(f"mesh PKI for {report.environment}: {len(report.written)} new versions")
+    for o in report.objects:
+        state = "new version" if o.written else "unchanged"
+        until = o.not_after.date().isoformat() if o.not_after else "-"
+        typer.echo(f"  {o.kind:<11} {o.name:<24} {state:<11} until {until}")
+
+
+@pki_app.command("export")
+def pki_export(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the public files to.")],
+    env: EnvOption = "sandbox",
+) -> None:
+    """Write the public CA files: root-cert.pem, <cluster>/ca-cert.pem, <cluster>/cert-chain.pem."""
+    from tasks.keyvault import read_public_pki
+
+    with _environment(env) as (spec, _):
+        # A local read for the terminal: run the function itself, outside any flow run.
+        files = read_public_pki.fn(spec.key_vault_block, [c.name for c in spec.clusters])
+    for rel, text in sorted(files.items()):
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        typer.echo(f"  wrote {target}")
 
 
 def main() -> None:

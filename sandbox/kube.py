@@ -103,10 +103,16 @@ class LocalCluster:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LocalCluster:
         """Inverse of :meth:`to_json`."""
-        paths = ("directory", "ca_bundle", "admin_kubeconfig", "user_kubeconfig", "audit_log")
-        kwargs = {k: Path(data[k]) if k in paths else data[k] for k in cls.__dataclass_fields__}
-        kwargs["pids"] = tuple(data["pids"])
-        return cls(**kwargs)
+        return cls(
+            name=str(data["name"]),
+            directory=Path(data["directory"]),
+            api_url=str(data["api_url"]),
+            ca_bundle=Path(data["ca_bundle"]),
+            admin_kubeconfig=Path(data["admin_kubeconfig"]),
+            user_kubeconfig=Path(data["user_kubeconfig"]),
+            audit_log=Path(data["audit_log"]),
+            pids=tuple(int(p) for p in data["pids"]),
+        )
 
     @property
     def marker(self) -> str:
@@ -150,7 +156,9 @@ def _write_private(path: Path, text: str) -> None:
 
 def _wait_ready(url: str, ca: Path, token: str, proc_log: Path, timeout: float) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
-    req = urllib.request.Request(f"{url}/readyz", headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(  # noqa: S310 - an https:// URL we built
+        f"{url}/readyz", headers={"Authorization": f"Bearer {token}"}
+    )
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -184,13 +192,16 @@ def crd_documents() -> Iterator[dict[str, Any]]:
 def _install_crds(kubeconfig_path: Path) -> None:
     from kubernetes import client, config  # the sandbox may use the SDK directly
 
-    api_client = config.new_client_from_config(config_file=str(kubeconfig_path))
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig_path)
+    )
     ext = client.ApiextensionsV1Api(api_client)
     names = []
     for doc in crd_documents():
         names.append(doc["metadata"]["name"])
         try:
-            ext.create_custom_resource_definition(doc)
+            # The client sends a plain dict as is; no need to build the typed model.
+            ext.create_custom_resource_definition(doc)  # type: ignore[arg-type]
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -199,8 +210,8 @@ def _install_crds(kubeconfig_path: Path) -> None:
     while pending and time.monotonic() < deadline:
         for crd in ext.list_custom_resource_definition().items:
             conds = crd.status.conditions or [] if crd.status else []
-            if any(c.type == "Established" and c.status == "True" for c in conds):
-                pending.discard(crd.metadata.name)
+            if crd.metadata and any(c.type == "Established" and c.status == "True" for c in conds):
+                pending.discard(str(crd.metadata.name))
         if pending:
             time.sleep(0.1)
     api_client.close()
@@ -233,7 +244,9 @@ def start_cluster(name: str, directory: Path, bins: Path) -> LocalCluster:
     api_url = f"https://127.0.0.1:{api_port}"
     ca_pem = tls.ca_cert.read_bytes()
     admin_kc = directory / "admin.kubeconfig"
-    _write_private(admin_kc, yaml.safe_dump(kubeconfig(name, api_url, ca_pem, "admin", admin_token)))
+    _write_private(
+        admin_kc, yaml.safe_dump(kubeconfig(name, api_url, ca_pem, "admin", admin_token))
+    )
     user_kc = directory / "user.kubeconfig"
     _write_private(user_kc, yaml.safe_dump(kubeconfig(name, api_url, ca_pem, "user", user_token)))
 

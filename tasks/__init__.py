@@ -1,1 +1,4 @@
-"""Prefect tasks, one module per external system: thin, idempotent, retried on transient errors only."""
+"""Prefect tasks, one module per external system.
+
+Thin and idempotent; retried on transient errors only (see :mod:`tasks.retry`).
+"""

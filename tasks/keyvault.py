@@ -228,9 +228,10 @@ def probe_key_vault(key_vault_block: str) -> ProbeResult:
 
 @task(name="read-public-pki", **TRANSIENT_RETRIES)
 def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]:
-    """The public PKI files by relative path: ``root-cert.pem``, ``<c>/ca-cert.pem``, ``<c>/cert-chain.pem``.
+    """The public PKI files by relative path, for inspection.
 
-    Read-only; certificates only, never a key.
+    ``root-cert.pem`` and per cluster ``<c>/ca-cert.pem`` and ``<c>/cert-chain.pem``. Read-only;
+    certificates only, never a key.
     """
     vault = load_block(KeyVault, key_vault_block)
     files: dict[str, str] = {}

@@ -35,6 +35,7 @@ def kube_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kube_clusters(kube_root: Path) -> Iterator[list[kube.LocalCluster]]:
     """Two real control planes (etcd + kube-apiserver + kube-controller-manager), CRDs installed."""
+
     def cleanup() -> None:
         processes.stop(processes.running_under(str(kube_root)))
 
@@ -63,7 +64,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             yield server
             from prefect.logging.handlers import APILogHandler
 
-            APILogHandler.flush()  # deliver pending run logs while the server still listens
+            APILogHandler().flush()  # deliver pending run logs while the server still listens
     finally:
         processes.stop(processes.running_under(str(home)))
 

@@ -76,14 +76,14 @@ def test_nested_blocks_round_trip_and_keep_the_secret_hidden(
 
 
 def test_blocks_build_clients_for_their_endpoints() -> None:
-    creds = _creds(ca_bundle="/tmp/ca.pem")
+    creds = _creds(ca_bundle="/etc/meshflow/ca.pem")
     aks = AksCluster(
         subscription_id="s", resource_group="rg", cluster_name="one", region="r", credentials=creds
     )
     client = aks.container_service_client()
     assert client._config.subscription_id == "s"
     assert creds.arm_kwargs()["base_url"] == "https://127.0.0.1:1"
-    assert creds.transport_kwargs() == {"connection_verify": "/tmp/ca.pem"}
+    assert creds.transport_kwargs() == {"connection_verify": "/etc/meshflow/ca.pem"}
     kv = KeyVault(vault_name="kv1", credentials=creds)
     assert kv.url == "https://kv1.vault.azure.net"
     assert kv.secret_client().vault_url == "https://kv1.vault.azure.net"

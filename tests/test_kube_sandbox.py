@@ -32,7 +32,9 @@ def _readyz(cluster: kube.LocalCluster, ctx: ssl.SSLContext) -> int:
         return int(resp.status)
 
 
-def test_each_cluster_serves_readyz_over_verified_tls(kube_clusters: list[kube.LocalCluster]) -> None:
+def test_each_cluster_serves_readyz_over_verified_tls(
+    kube_clusters: list[kube.LocalCluster],
+) -> None:
     for cluster in kube_clusters:
         ctx = ssl.create_default_context(cafile=str(cluster.ca_bundle))
         assert _readyz(cluster, ctx) == 200
@@ -56,9 +58,7 @@ def test_service_account_token_secret_is_filled_by_the_controller_manager(
     kube_clusters: list[kube.LocalCluster],
 ) -> None:
     core = client.CoreV1Api(_api(kube_clusters[0]))
-    core.create_namespaced_service_account(
-        "default", {"metadata": {"name": "token-probe"}}
-    )
+    core.create_namespaced_service_account("default", {"metadata": {"name": "token-probe"}})
     core.create_namespaced_secret(
         "default",
         {
@@ -85,7 +85,10 @@ def _gateway(port_number: object) -> dict[str, Any]:
         "spec": {
             "selector": {"istio": "ingressgateway"},
             "servers": [
-                {"port": {"number": port_number, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}
+                {
+                    "port": {"number": port_number, "name": "http", "protocol": "HTTP"},
+                    "hosts": ["*"],
+                }
             ],
         },
     }
@@ -125,7 +128,10 @@ def test_secret_provider_class_crd_is_installed(kube_clusters: list[kube.LocalCl
     assert created["spec"]["provider"] == "azure"
     with pytest.raises(client.ApiException) as err:
         custom.create_namespaced_custom_object(
-            "secrets-store.csi.x-k8s.io", "v1", "default", "secretproviderclasses",
+            "secrets-store.csi.x-k8s.io",
+            "v1",
+            "default",
+            "secretproviderclasses",
             {**spc, "metadata": {"name": "Not_A_DNS_Name"}},
         )
     assert err.value.status == 422
@@ -138,7 +144,8 @@ def test_writes_are_audited(kube_clusters: list[kube.LocalCluster]) -> None:
     hits: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not hits:
         hits = [
-            e for e in kube.audit_writes(kube_clusters[1], user="admin")
+            e
+            for e in kube.audit_writes(kube_clusters[1], user="admin")
             if e.get("objectRef", {}).get("name") == "audit-probe"
         ]
         time.sleep(0.05)

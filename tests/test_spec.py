@@ -15,7 +15,10 @@ def _spec(**overrides: Any) -> dict[str, Any]:
         "environment": "dev",
         "credentials_block": "dev",
         "key_vault_block": "dev",
-        "clusters": [{"name": "one", "aks_block": "dev-one"}, {"name": "two", "aks_block": "dev-two"}],
+        "clusters": [
+            {"name": "one", "aks_block": "dev-one"},
+            {"name": "two", "aks_block": "dev-two"},
+        ],
     }
     return base | overrides
 
@@ -42,7 +45,9 @@ def test_a_valid_spec_derives_the_revision() -> None:
         ({"clusters": [{"name": "one", "aks_block": "a", "color": "red"}]}, "Extra inputs"),
     ],
 )
-def test_bad_specs_are_rejected_with_a_clear_message(overrides: dict[str, Any], message: str) -> None:
+def test_bad_specs_are_rejected_with_a_clear_message(
+    overrides: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ValidationError, match=message):
         MeshSpec.model_validate(_spec(**overrides))
 

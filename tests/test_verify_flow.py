@@ -26,7 +26,8 @@ def test_verify_access_reaches_every_cluster_and_the_vault(
     paths = [(r["method"], r["path"]) for r in emulator.requests_log()]
     for cluster in mesh_env.clusters:
         assert any(
-            m == "POST" and p.endswith(f"/managedClusters/{cluster.name}/listClusterAdminCredential")
+            m == "POST"
+            and p.endswith(f"/managedClusters/{cluster.name}/listClusterAdminCredential")
             for m, p in paths
         )
     assert ("PUT", "/secrets/meshflow-probe") in paths
@@ -41,4 +42,5 @@ def test_verify_access_publishes_an_artifact(mesh_env: MeshSpec) -> None:
             return "\n".join(str(a.data) for a in artifact if a.key == "access-e2e")
 
     text = asyncio.run(latest())
-    assert "| alpha |" in text and "| bravo |" in text
+    assert "| alpha |" in text
+    assert "| bravo |" in text
