@@ -114,7 +114,9 @@ def token_kubeconfig(*, cluster_name: str, server: str, ca_pem: bytes, token: st
                 },
             }
         ],
-        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+        "contexts": [
+            {"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}
+        ],
         "current-context": cluster_name,
         "preferences": {},
         "users": [{"name": cluster_name, "user": {"token": token}}],
