@@ -1,16 +1,18 @@
 """The verify flow: prove the wiring end to end before touching anything.
 
-For each cluster, in parallel: load its block, fetch its kubeconfig through the AKS API, list
+For each cluster, concurrently: load its block, fetch its kubeconfig through the AKS API, list
 namespaces. Once: write and read a probe secret in Key Vault. Read-only on the clusters.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
-from meshflow.spec import MeshSpec
+from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import get_cluster_credentials
 from tasks.keyvault import ProbeResult, probe_key_vault
 from tasks.kube import list_namespaces
@@ -48,29 +50,22 @@ class AccessReport(BaseModel):
         )
 
 
-@flow(name="verify-access", log_prints=False)
-def verify_access(spec: MeshSpec) -> AccessReport:
-    """Check that every cluster and the Key Vault of ``spec`` are reachable with their blocks."""
-    logger = get_run_logger()
-    creds = {c.name: get_cluster_credentials.submit(c.aks_block) for c in spec.clusters}
-    namespaces = {
-        c.name: list_namespaces.submit(c.aks_block, wait_for=[creds[c.name]], return_state=False)
-        for c in spec.clusters
-    }
-    probe = probe_key_vault.submit(spec.key_vault_block)
-    report = AccessReport(
-        environment=spec.environment,
-        clusters=tuple(
-            ClusterAccessReport(
-                cluster=c.name,
-                server=creds[c.name].result().server,
-                auth=creds[c.name].result().auth,
-                namespaces=len(namespaces[c.name].result()),
-            )
-            for c in spec.clusters
-        ),
-        key_vault=probe.result(),
+async def _check_cluster(cluster: ClusterSpec) -> ClusterAccessReport:
+    creds = await get_cluster_credentials(cluster.aks_block)
+    names = await list_namespaces(cluster.aks_block)
+    return ClusterAccessReport(
+        cluster=cluster.name, server=creds.server, auth=creds.auth, namespaces=len(names)
     )
-    create_markdown_artifact(report.markdown(), key=f"access-{spec.environment}")
-    logger.info("verified %d clusters and Key Vault %s", len(spec.clusters), report.key_vault.vault)
+
+
+@flow(name="verify-access")
+async def verify_access(spec: MeshSpec) -> AccessReport:
+    """Check that every cluster and the Key Vault of ``spec`` are reachable with their blocks."""
+    clusters, probe = await asyncio.gather(
+        asyncio.gather(*(_check_cluster(c) for c in spec.clusters)),
+        probe_key_vault(spec.key_vault_block),
+    )
+    report = AccessReport(environment=spec.environment, clusters=tuple(clusters), key_vault=probe)
+    await acreate_markdown_artifact(report.markdown(), key=f"access-{spec.environment}")
+    get_run_logger().info("verified %d clusters and Key Vault %s", len(clusters), probe.vault)
     return report

@@ -122,3 +122,30 @@ def token_kubeconfig(*, cluster_name: str, server: str, ca_pem: bytes, token: st
         "users": [{"name": cluster_name, "user": {"token": token}}],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def access_kubeconfig(access: ClusterAccess) -> str:
+    """A kubeconfig for ``access`` (token or client certificate), for tools like istioctl.
+
+    Contains the credential: hand it to a child process through memory, never a file on disk.
+
+    Raises:
+        KubeconfigError: ``access`` is an unresolved ``aad-exec`` entry (resolve it to a token).
+    """
+    if access.auth == "token" and access.token:
+        return token_kubeconfig(
+            cluster_name=access.context, server=access.server, ca_pem=access.ca_pem,
+            token=access.token,
+        )  # fmt: skip
+    if access.client_cert_pem and access.client_key_pem:
+        doc = yaml.safe_load(
+            token_kubeconfig(
+                cluster_name=access.context, server=access.server, ca_pem=access.ca_pem, token=""
+            )
+        )
+        doc["users"][0]["user"] = {
+            "client-certificate-data": base64.b64encode(access.client_cert_pem).decode(),
+            "client-key-data": base64.b64encode(access.client_key_pem).decode(),
+        }
+        return str(yaml.safe_dump(doc, sort_keys=False))
+    raise KubeconfigError(f"context {access.context!r}: no token or client certificate to use")

@@ -48,6 +48,11 @@ _AUDIT_POLICY = {
     "rules": [
         {"level": "None", "users": ["system:kube-controller-manager"]},
         {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        # Access reviews are "create" calls that persist nothing: not writes.
+        {
+            "level": "None",
+            "resources": [{"group": "authorization.k8s.io"}, {"group": "authentication.k8s.io"}],
+        },
         {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
         {"level": "None"},
     ],

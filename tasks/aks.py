@@ -12,12 +12,15 @@ or ``listClusterUserCredential/action`` (user) permission on each cluster.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, load_block
@@ -99,12 +102,7 @@ def forget_credentials() -> None:
         _cache.clear()
 
 
-@task(name="get-cluster-credentials", **TRANSIENT_RETRIES)
-def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef:
-    """Step 01: fetch a cluster's credentials through ARM into this process's memory.
-
-    Idempotent (a read). Returns a reference; the credential itself stays in memory.
-    """
+def _credentials_ref(aks_block: str, admin: bool) -> CredentialRef:
     block = load_block(AksCluster, aks_block)
     access = cluster_access(aks_block, admin=admin, refresh=True)
     return CredentialRef(
@@ -114,3 +112,60 @@ def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef
         auth=access.auth,
         admin=admin,
     )
+
+
+@task(name="get-cluster-credentials", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef:
+    """Step 01: fetch a cluster's credentials through ARM into this process's memory.
+
+    Idempotent (a read). Returns a reference; the credential itself stays in memory.
+    """
+    return await asyncio.to_thread(_credentials_ref, aks_block, admin)
+
+
+class ClusterFacts(BaseModel):
+    """What later steps need to know about an AKS cluster (public facts, no credentials)."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster_name: str
+    region: str
+    fqdn: str | None
+    node_resource_group: str | None
+    secrets_provider_client_id: str | None
+    ingress_gateway_client_id: str | None
+
+
+def _addon_client_id(addons: Any, name: str) -> str | None:
+    profile = (addons or {}).get(name)
+    identity = getattr(profile, "identity", None)
+    return getattr(identity, "client_id", None)
+
+
+def _cluster_facts(aks_block: str) -> ClusterFacts:
+    block = load_block(AksCluster, aks_block)
+    client = block.container_service_client()
+    try:
+        mc = client.managed_clusters.get(block.resource_group, block.cluster_name)
+    except ResourceNotFoundError as exc:
+        raise AksError(
+            f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r}) "
+            f"was not found; check the '{aks_block}' block or run the provision flow"
+        ) from exc
+    finally:
+        client.close()
+    return ClusterFacts(
+        cluster_name=block.cluster_name,
+        region=block.region,
+        fqdn=mc.fqdn,
+        node_resource_group=mc.node_resource_group,
+        secrets_provider_client_id=_addon_client_id(
+            mc.addon_profiles, "azureKeyvaultSecretsProvider"
+        ),
+        ingress_gateway_client_id=_addon_client_id(mc.addon_profiles, "ingressApplicationGateway"),
+    )
+
+
+@task(name="describe-aks-cluster", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def describe_aks_cluster(aks_block: str) -> ClusterFacts:
+    """Read the cluster's ARM resource: FQDN, node resource group, add-on identities. A read."""
+    return await asyncio.to_thread(_cluster_facts, aks_block)

@@ -6,6 +6,7 @@ an access policy or the "Key Vault Secrets Officer" / "Key Vault Certificates Of
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import secrets
@@ -25,6 +26,7 @@ from azure.keyvault.secrets import SecretClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from blocks import KeyVault, load_block
@@ -188,12 +190,34 @@ class ProbeResult(BaseModel):
     round_trip_ms: float
 
 
-@task(name="probe-key-vault", **TRANSIENT_RETRIES)
-def probe_key_vault(key_vault_block: str) -> ProbeResult:
+@task(name="probe-key-vault", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def probe_key_vault(key_vault_block: str) -> ProbeResult:
     """Write a random, non-secret nonce to ``meshflow-probe`` and read it back.
 
     Not idempotent by design: each probe adds a secret version, proving write access.
     """
+    return await asyncio.to_thread(_probe, key_vault_block)
+
+
+class VaultFacts(BaseModel):
+    """Public facts of the mesh vault that manifests need (SecretProviderClass)."""
+
+    model_config = ConfigDict(frozen=True)
+    vault_name: str
+    tenant_id: str
+
+
+@task(name="describe-key-vault", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def describe_key_vault(key_vault_block: str) -> VaultFacts:
+    """The vault's name and tenant, from its block."""
+    vault = await asyncio.to_thread(load_block, KeyVault, key_vault_block)
+    tenant = vault.tenant_id or vault.credentials.tenant_id
+    if not tenant:
+        raise KeyVaultError(f"block {key_vault_block!r}: set tenant_id (needed by the CSI driver)")
+    return VaultFacts(vault_name=vault.vault_name, tenant_id=tenant)
+
+
+def _probe(key_vault_block: str) -> ProbeResult:
     vault = load_block(KeyVault, key_vault_block)
     client = vault.secret_client()
     nonce = secrets.token_hex(8)

@@ -91,3 +91,30 @@ def test_token_kubeconfig_round_trips_and_has_istioctl_shape() -> None:
     assert doc["users"] == [{"name": "one", "user": {"token": "tok"}}]
     access = parse_kubeconfig(text)
     assert (access.auth, access.token, access.ca_pem) == ("token", "tok", CA)
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"token": "t0k3n"},
+        {
+            "client-certificate-data": base64.b64encode(b"CERT").decode(),
+            "client-key-data": base64.b64encode(b"KEY").decode(),
+        },
+    ],
+)
+def test_access_kubeconfig_round_trips(user: dict[str, Any]) -> None:
+    from meshflow.kubeconfig import access_kubeconfig
+
+    access = parse_kubeconfig(_kubeconfig(user))
+    again = parse_kubeconfig(access_kubeconfig(access))
+    assert (again.server, again.ca_pem, again.auth) == (access.server, access.ca_pem, access.auth)
+    assert (again.token, again.client_key_pem) == (access.token, access.client_key_pem)
+
+
+def test_access_kubeconfig_refuses_an_unresolved_exec_entry() -> None:
+    from meshflow.kubeconfig import access_kubeconfig
+
+    access = parse_kubeconfig(_kubeconfig({"exec": {"command": "kubelogin"}}))
+    with pytest.raises(KubeconfigError, match="no token or client certificate"):
+        access_kubeconfig(access)
