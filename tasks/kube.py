@@ -7,13 +7,24 @@ disk; the token travels only in the ``Authorization`` header.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import os
 import threading
+import time
+from typing import Any, Literal
 
+import urllib3
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
 
-from meshflow.kubeconfig import ClusterAccess
+from meshflow.kubeconfig import ClusterAccess, parse_kubeconfig, token_kubeconfig
+from meshflow.manifests import cross_cluster_call_job, remote_secret
+from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
 from tasks.retry import TRANSIENT_RETRIES
 
@@ -58,8 +69,343 @@ def api_client(aks_block: str, *, admin: bool = True) -> k8s.ApiClient:
         return api
 
 
-@task(name="list-namespaces", **TRANSIENT_RETRIES)
-def list_namespaces(aks_block: str) -> list[str]:
+def namespaces(aks_block: str) -> list[str]:
+    """The cluster's namespace names."""
+    reply = request_json(api_client(aks_block), "GET", "/api/v1/namespaces") or {}
+    return sorted(str(ns["metadata"]["name"]) for ns in reply.get("items", []))
+
+
+@task(name="list-namespaces", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def list_namespaces(aks_block: str) -> list[str]:
     """List the cluster's namespaces (a read that proves credentials, TLS and RBAC work)."""
-    core = k8s.CoreV1Api(api_client(aks_block))
-    return sorted(str(ns.metadata.name) for ns in core.list_namespace().items if ns.metadata)
+    return await asyncio.to_thread(namespaces, aks_block)
+
+
+# -- Generic, no-op-aware apply ------------------------------------------------------------
+
+FIELD_MANAGER = "meshflow"
+Action = Literal["created", "updated", "unchanged"]
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes API server refused an object for a reason retrying will not fix."""
+
+
+class Applied(BaseModel):
+    """The outcome of applying one object: what, where, and whether anything was written."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    object: str
+    action: Action
+
+
+def request_json(
+    api: k8s.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    query: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any] | None:
+    """One authenticated REST call; the JSON reply, or None for 404 on GET.
+
+    Raises:
+        ApiException: any other non-2xx status (classified by :mod:`tasks.retry`).
+    """
+    params = api.param_serialize(
+        method,
+        path,
+        query_params=list((query or {}).items()) or None,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    resp = api.call_api(*params)
+    resp.read()  # type: ignore[no-untyped-call]
+    if method == "GET" and resp.status == 404:
+        return None
+    if not 200 <= resp.status <= 299:
+        raise ApiException.from_response(
+            http_resp=resp, body=(resp.data or b"").decode(errors="replace"), data=None
+        )
+    return json.loads(resp.data) if resp.data else None
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Applied:
+    """Create ``obj``, or server-side apply it if the live object differs; else write nothing.
+
+    Idempotent: a converged object costs one GET. Conflicting create races are retried by
+    reading again.
+
+    Raises:
+        KubeError: the server rejected the object (400, 403, 404 on create, 422), naming the
+            cluster and the object.
+    """
+    path = object_path(obj)
+    try:
+        live = request_json(api, "GET", path.item)
+        if live is None:
+            try:
+                request_json(
+                    api, "POST", path.collection, body=obj, query={"fieldManager": FIELD_MANAGER}
+                )
+                return Applied(cluster=cluster, object=path.describe, action="created")
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                live = request_json(api, "GET", path.item) or {}
+        if satisfies(live, obj):
+            return Applied(cluster=cluster, object=path.describe, action="unchanged")
+        request_json(
+            api,
+            "PATCH",
+            path.item,
+            body=obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+        return Applied(cluster=cluster, object=path.describe, action="updated")
+    except ApiException as exc:
+        if exc.status in (400, 403, 404, 422):
+            raise KubeError(
+                f"cluster {cluster!r}: {path.describe} was rejected (HTTP {exc.status}): "
+                f"{_reason(exc)}"
+            ) from exc
+        raise
+
+
+def apply_all(aks_block: str, cluster: str, manifests: list[dict[str, Any]]) -> list[Applied]:
+    """Apply ``manifests`` in order to the cluster of ``aks_block``."""
+    api = api_client(aks_block)
+    return [apply_object(api, obj, cluster=cluster) for obj in manifests]
+
+
+@task(name="apply-manifests", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def apply_manifests(
+    aks_block: str, cluster: str, manifests: list[dict[str, Any]]
+) -> list[Applied]:
+    """Apply public (non-secret) manifests in order; idempotent, writes only differences."""
+    return await asyncio.to_thread(apply_all, aks_block, cluster, manifests)
+
+
+# -- Remote secrets: the istio-reader identity and its token kubeconfig ---------------------
+
+READER_NAMESPACE = "istio-system"
+READER_TOKEN_SECRET = "istio-reader-service-account-istio-remote-secret-token"  # noqa: S105
+TOKEN_WAIT = 30.0
+
+
+def reader_token(api: k8s.ApiClient, *, cluster: str) -> tuple[str, bytes]:
+    """The istio-reader token and the cluster CA, once the token controller has filled them.
+
+    Held in memory by the caller only; never returned from a task.
+    """
+    path = f"/api/v1/namespaces/{READER_NAMESPACE}/secrets/{READER_TOKEN_SECRET}"
+    deadline = time.monotonic() + TOKEN_WAIT
+    while True:
+        secret = request_json(api, "GET", path) or {}
+        data = secret.get("data") or {}
+        if data.get("token") and data.get("ca.crt"):
+            return base64.b64decode(data["token"]).decode(), base64.b64decode(data["ca.crt"])
+        if time.monotonic() > deadline:
+            raise KubeError(
+                f"cluster {cluster!r}: {READER_TOKEN_SECRET} has no token after "
+                f"{TOKEN_WAIT:.0f}s; is the token controller (kube-controller-manager) running?"
+            )
+        time.sleep(0.1)
+
+
+def exchange_one(source_block: str, source: str, target_block: str, target: str) -> Applied:
+    """Write ``istio-remote-secret-<source>`` into ``target``: a token kubeconfig for source.
+
+    The token goes from the source API server to the target API server through this process's
+    memory only.
+    """
+    source_api = api_client(source_block)
+    token, ca_pem = reader_token(source_api, cluster=source)
+    server = cluster_access(source_block).server
+    kubeconfig = token_kubeconfig(cluster_name=source, server=server, ca_pem=ca_pem, token=token)
+    secret = remote_secret(source_cluster=source, kubeconfig=kubeconfig)
+    return apply_object(api_client(target_block), secret, cluster=target)
+
+
+@task(name="exchange-remote-secret", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def exchange_remote_secret(
+    source_block: str, source: str, target_block: str, target: str
+) -> Applied:
+    """Step 08 for one ordered pair: let ``target``'s istiod read ``source``. Idempotent."""
+    return await asyncio.to_thread(exchange_one, source_block, source, target_block, target)
+
+
+# -- Validation ------------------------------------------------------------------------------
+
+# What istiod needs to read in a remote cluster (its informers list and watch these).
+READER_NEEDS: tuple[tuple[str, str], ...] = (
+    ("", "pods"),
+    ("", "services"),
+    ("", "endpoints"),
+    ("", "namespaces"),
+    ("", "nodes"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("discovery.k8s.io", "endpointslices"),
+)
+
+
+class RemoteAccess(BaseModel):
+    """What one remote secret in ``target`` grants on ``source``."""
+
+    model_config = ConfigDict(frozen=True)
+    source: str
+    target: str
+    present: bool
+    reachable: bool
+    read_ok: bool
+    missing: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def _access_review(api: k8s.ApiClient, verb: str, group: str, resource: str) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}},
+    }
+    path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    reply = request_json(api, "POST", path, body=review) or {}
+    return bool((reply.get("status") or {}).get("allowed"))
+
+
+def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
+    """Use the remote secret for ``source`` stored in ``target`` exactly as istiod would."""
+    path = f"/api/v1/namespaces/{READER_NAMESPACE}/secrets/istio-remote-secret-{source}"
+    stored = request_json(api_client(target_block), "GET", path)
+    if stored is None:
+        return RemoteAccess(source=source, target=target, present=False, reachable=False,
+                            read_ok=False, detail="remote secret missing")  # fmt: skip
+    text = base64.b64decode((stored.get("data") or {}).get(source, "")).decode()
+    access = parse_kubeconfig(text)
+    reader = api_client_for(access)
+    try:
+        missing = [
+            f"{verb} {group or 'core'}/{resource}"
+            for group, resource in READER_NEEDS
+            for verb in ("list", "watch")
+            if not _access_review(reader, verb, group, resource)
+        ]
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        detail = f"cannot reach {access.server}: {type(exc).__name__}"
+        return RemoteAccess(source=source, target=target, present=True, reachable=False,
+                            read_ok=False, detail=detail)  # fmt: skip
+    finally:
+        reader.close()  # type: ignore[no-untyped-call]
+    return RemoteAccess(
+        source=source,
+        target=target,
+        present=True,
+        reachable=True,
+        read_ok=not missing,
+        missing=tuple(missing),
+        detail="reader can list and watch what istiod needs" if not missing else "",
+    )
+
+
+@task(name="check-remote-secret", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def check_remote_secret(target_block: str, target: str, source: str) -> RemoteAccess:
+    """Step 09, natively: reach ``source`` with the secret in ``target``; review reader rights."""
+    return await asyncio.to_thread(check_one, target_block, target, source)
+
+
+class DataPlaneCheck(BaseModel):
+    """A check that needs running pods: its outcome, or why it was not run."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    check: str
+    status: Literal["passed", "failed", "not run"]
+    detail: str
+
+
+def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -> DataPlaneCheck:
+    """Read istiod's ``/debug/clusterz`` through the API server's pod proxy; all peers synced?"""
+    api = api_client(aks_block)
+    pods = (
+        request_json(
+            api,
+            "GET",
+            f"/api/v1/namespaces/{READER_NAMESPACE}/pods",
+            query={"labelSelector": f"app=istiod,istio.io/rev={revision}"},
+        )
+        or {}
+    )
+    running = [
+        p for p in pods.get("items", []) if (p.get("status") or {}).get("phase") == "Running"
+    ]
+    if not running:
+        return DataPlaneCheck(cluster=cluster, check="istiod sync", status="not run",
+                              detail="no running istiod (no nodes to run pods)")  # fmt: skip
+    name = running[0]["metadata"]["name"]
+    proxy = f"/api/v1/namespaces/{READER_NAMESPACE}/pods/{name}:15014/proxy/debug/clusterz"
+    reply = request_json(api, "GET", proxy)
+    clusters: list[Any] = reply if isinstance(reply, list) else []
+    status = {str(c.get("ID")): str(c.get("SyncStatus", "")) for c in clusters}
+    unsynced = [f"{p}={status.get(p, 'absent')}" for p in peers if status.get(p) != "synced"]
+    detail = f"not synced: {', '.join(unsynced)}" if unsynced else f"{len(peers)} peers synced"
+    status_word: Literal["passed", "failed"] = "failed" if unsynced else "passed"
+    return DataPlaneCheck(cluster=cluster, check="istiod sync", status=status_word, detail=detail)
+
+
+@task(name="check-istiod-sync", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def check_istiod_sync(
+    aks_block: str, cluster: str, revision: str, peers: list[str]
+) -> DataPlaneCheck:
+    """Step 09's ``istioctl remote-clusters``, natively; "not run" without a running istiod."""
+    return await asyncio.to_thread(istiod_sync, aks_block, cluster, revision, peers)
+
+
+def count_nodes(aks_block: str) -> int:
+    """How many nodes the cluster has (0 in the sandbox: no kubelet)."""
+    reply = request_json(api_client(aks_block), "GET", "/api/v1/nodes") or {}
+    return len(reply.get("items", []))
+
+
+def call_across(aks_block: str, cluster: str, timeout: float = 120.0) -> DataPlaneCheck:
+    """Step 11: a Job in ``cluster`` curls ``echoserver:8080``, served by another cluster.
+
+    Without nodes nothing can run, so the check reports "not run" instead of passing.
+    """
+    if count_nodes(aks_block) == 0:
+        return DataPlaneCheck(cluster=cluster, check="cross-cluster call", status="not run",
+                              detail="no nodes: the Job's pod cannot run")  # fmt: skip
+    api = api_client(aks_block)
+    job = cross_cluster_call_job()
+    path = object_path(job)
+    if request_json(api, "GET", path.item) is not None:  # a Job's pod template is immutable
+        request_json(api, "DELETE", path.item, query={"propagationPolicy": "Background"})
+    apply_object(api, job, cluster=cluster)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = (request_json(api, "GET", path.item) or {}).get("status") or {}
+        if status.get("succeeded"):
+            return DataPlaneCheck(cluster=cluster, check="cross-cluster call", status="passed",
+                                  detail="echoserver answered from the other cluster")  # fmt: skip
+        if status.get("failed"):
+            break
+        time.sleep(2)
+    return DataPlaneCheck(cluster=cluster, check="cross-cluster call", status="failed",
+                          detail=f"the call Job did not succeed within {timeout:.0f}s")  # fmt: skip
+
+
+@task(name="call-echoserver-across", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def call_echoserver_across(aks_block: str, cluster: str) -> DataPlaneCheck:
+    """Step 11: call the echoserver from ``cluster``; "not run" where there are no nodes."""
+    return await asyncio.to_thread(call_across, aks_block, cluster)

@@ -78,8 +78,10 @@ def mesh_env(
     """The sandbox environment wired as ``meshflow sandbox up`` wires it, for end-to-end tests.
 
     Real control planes registered as AKS clusters in the emulator, blocks saved on the real
-    Prefect server. RSA 2048 CAs keep the PKI tests fast; the profile is otherwise Istio's.
+    Prefect server, istioctl the sandbox's stand-in. RSA 2048 CAs keep the PKI tests fast; the
+    profile is otherwise Istio's.
     """
+    os.environ["MESHFLOW_ISTIOCTL"] = str(Path(__file__).parent.parent / "sandbox/bin/istioctl")
     for cluster in kube_clusters:
         azure_emulator.register_cluster(
             env.SUBSCRIPTION,

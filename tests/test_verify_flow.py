@@ -16,7 +16,7 @@ def test_verify_access_reaches_every_cluster_and_the_vault(
     mesh_env: MeshSpec, emulator: AzureEmulator
 ) -> None:
     forget_credentials()
-    report = verify_access(mesh_env)
+    report = asyncio.run(verify_access(mesh_env))
     assert [c.cluster for c in report.clusters] == [c.name for c in mesh_env.clusters]
     for cluster in report.clusters:
         assert cluster.server.startswith("https://127.0.0.1:")
@@ -34,7 +34,7 @@ def test_verify_access_reaches_every_cluster_and_the_vault(
 
 
 def test_verify_access_publishes_an_artifact(mesh_env: MeshSpec) -> None:
-    verify_access(mesh_env)
+    asyncio.run(verify_access(mesh_env))
 
     async def latest() -> str:
         async with get_client() as client:

@@ -27,6 +27,7 @@ from meshflow.manifests.install import (
     istio_operator_documents,
     istio_operator_files,
     istioctl_install_args,
+    istioctl_install_flags,
     istiod_deployment_name,
 )
 from meshflow.manifests.multicluster import (
@@ -96,6 +97,7 @@ __all__ = [
     "istio_operator_files",
     "istio_system_namespace",
     "istioctl_install_args",
+    "istioctl_install_flags",
     "istiod_deployment_name",
     "keyvault_objects_parameter",
     "object_key",

@@ -1,0 +1,197 @@
+"""Install the mesh: PKI → one sub-flow per cluster, concurrently → join → validate.
+
+Reads like the runbook (steps 01-11 of ``shared/SYSTEM.md``):
+
+1. ``ensure-mesh-pki``: root CA, intermediates and ingress certificates in Key Vault.
+2. ``install-cluster`` for every cluster at once: credentials (01), namespaces and the
+   SecretProviderClass (04, 05), Istio (06, 07), the istio-reader identity (08, source side) and
+   the sample workload (10). Async sub-flows gathered with ``asyncio.gather`` run concurrently.
+   Each takes ``(spec, cluster)`` so it can also run as its own deployment on a work pool.
+3. Join: every ordered pair exchanges a remote secret (08), all pairs at once.
+4. Join: validation (09) with each remote secret's own kubeconfig, istiod sync where istiod runs,
+   and the cross-cluster call (11) where there are nodes; otherwise "not run" with the reason.
+
+Every step is idempotent, so re-running after any failure (or a kill) converges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from pydantic import BaseModel, ConfigDict
+
+from flows.pki import PkiReport, ensure_mesh_pki
+from meshflow.manifests import post_install_manifests, pre_install_manifests
+from meshflow.spec import ClusterSpec, MeshSpec
+from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
+from tasks.istio import IstioInstall, install_istio
+from tasks.keyvault import describe_key_vault
+from tasks.kube import (
+    Applied,
+    DataPlaneCheck,
+    RemoteAccess,
+    apply_manifests,
+    call_echoserver_across,
+    check_istiod_sync,
+    check_remote_secret,
+    exchange_remote_secret,
+)
+
+
+class ClusterInstall(BaseModel):
+    """What the per-cluster sub-flow did."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    server: str
+    istio: IstioInstall
+    applied: tuple[Applied, ...]
+
+    @property
+    def writes(self) -> int:
+        """Objects created or updated (0 on a converged re-run)."""
+        return sum(a.action != "unchanged" for a in self.applied) + (
+            self.istio.action != "unchanged"
+        )
+
+
+class MeshReport(BaseModel):
+    """The mesh after ``install-mesh``: per cluster, per remote secret, and what was not run."""
+
+    model_config = ConfigDict(frozen=True)
+    environment: str
+    revision: str
+    pki_new_versions: int
+    clusters: tuple[ClusterInstall, ...]
+    remote_secrets: tuple[Applied, ...]
+    access: tuple[RemoteAccess, ...]
+    data_plane: tuple[DataPlaneCheck, ...]
+
+    @property
+    def writes(self) -> int:
+        """Everything this run created or updated, PKI included."""
+        return (
+            self.pki_new_versions
+            + sum(c.writes for c in self.clusters)
+            + sum(s.action != "unchanged" for s in self.remote_secrets)
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Control plane verified and no data-plane check failed (not-run is not failure)."""
+        return all(a.read_ok for a in self.access) and all(
+            d.status != "failed" for d in self.data_plane
+        )
+
+    def markdown(self) -> str:
+        """The mesh as a table: per cluster the revision, remote secrets, reader access, sync."""
+        peers = len(self.clusters) - 1
+        rows = []
+        for c in self.clusters:
+            present = sum(a.present for a in self.access if a.target == c.cluster)
+            readable = sum(a.read_ok for a in self.access if a.target == c.cluster)
+            sync = _status(self.data_plane, c.cluster, "istiod sync")
+            rows.append(
+                f"| {c.cluster} | {c.istio.revision} ({c.istio.action}) | {present}/{peers} "
+                f"| {readable}/{peers} | {sync} |"
+            )
+        not_run = [d for d in self.data_plane if d.status == "not run"]
+        notes = "\n".join(f"- {d.check} on {d.cluster}: not run: {d.detail}" for d in not_run)
+        return (
+            f"# Mesh {self.environment}: {'OK' if self.ok else 'PROBLEMS'}\n\n"
+            "| cluster | Istio revision | remote secrets | reader access | istiod sync |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"Writes this run: {self.writes} (0 means nothing had changed).\n\n"
+            + (f"## Not run\n{notes}\n" if notes else "")
+        )
+
+
+def _status(checks: Iterable[DataPlaneCheck], cluster: str, check: str) -> str:
+    for d in checks:
+        if d.cluster == cluster and d.check == check:
+            return d.status if d.status != "not run" else f"not run: {d.detail}"
+    return "-"
+
+
+@flow(name="install-cluster")
+async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
+    """Steps 01, 04-07, 08 (source side) and 10 on one cluster. Idempotent."""
+    c = spec.cluster(cluster)
+    creds, facts, vault = await asyncio.gather(
+        get_cluster_credentials(c.aks_block),
+        describe_aks_cluster(c.aks_block),
+        describe_key_vault(spec.key_vault_block),
+    )
+    if not facts.secrets_provider_client_id:
+        raise AksError(
+            f"cluster {cluster!r} has no Key Vault Secrets Provider identity; enable the "
+            "azure-keyvault-secrets-provider add-on (the Terraform module does)"
+        )
+    pre = pre_install_manifests(
+        spec,
+        c,
+        keyvault_name=vault.vault_name,
+        tenant_id=vault.tenant_id,
+        identity_client_id=facts.secrets_provider_client_id,
+    )
+    applied = await apply_manifests(c.aks_block, c.name, pre)
+    istio = await install_istio(c.aks_block, c.name, spec)
+    applied += await apply_manifests(c.aks_block, c.name, post_install_manifests(spec, c))
+    return ClusterInstall(cluster=c.name, server=creds.server, istio=istio, applied=tuple(applied))
+
+
+def _pairs(spec: MeshSpec) -> list[tuple[ClusterSpec, ClusterSpec]]:
+    return [(s, t) for s in spec.clusters for t in spec.clusters if s.name != t.name]
+
+
+async def _validate(spec: MeshSpec) -> tuple[list[RemoteAccess], list[DataPlaneCheck]]:
+    names = [c.name for c in spec.clusters]
+    access = asyncio.gather(
+        *(check_remote_secret(t.aks_block, t.name, s.name) for s, t in _pairs(spec))
+    )
+    sync = asyncio.gather(
+        *(
+            check_istiod_sync(
+                c.aks_block, c.name, spec.istio_revision, [n for n in names if n != c.name]
+            )
+            for c in spec.clusters
+        )
+    )
+    callers = [c for c in spec.clusters if not c.sample_workload][:1]
+    calls = asyncio.gather(*(call_echoserver_across(c.aks_block, c.name) for c in callers))
+    access_done, sync_done, calls_done = await asyncio.gather(access, sync, calls)
+    return list(access_done), [*sync_done, *calls_done]
+
+
+@flow(name="install-mesh")
+async def install_mesh(spec: MeshSpec) -> MeshReport:
+    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, validate."""
+    logger = get_run_logger()
+    pki: PkiReport = ensure_mesh_pki(spec)
+    clusters = await asyncio.gather(*(install_cluster(spec, c.name) for c in spec.clusters))
+    secrets = await asyncio.gather(
+        *(exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name) for s, t in _pairs(spec))
+    )
+    access, data_plane = await _validate(spec)
+    report = MeshReport(
+        environment=spec.environment,
+        revision=spec.istio_revision,
+        pki_new_versions=len(pki.written),
+        clusters=tuple(clusters),
+        remote_secrets=tuple(secrets),
+        access=tuple(access),
+        data_plane=tuple(data_plane),
+    )
+    await acreate_markdown_artifact(report.markdown(), key=f"mesh-{spec.environment}")
+    logger.info(
+        "mesh %s: %d clusters, %d remote secrets, %d writes, %s",
+        spec.environment,
+        len(clusters),
+        len(secrets),
+        report.writes,
+        "control plane verified" if report.ok else "PROBLEMS: see the mesh artifact",
+    )
+    return report

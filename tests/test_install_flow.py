@@ -1,0 +1,221 @@
+"""install_mesh end to end on real control planes, the Azure emulator and a real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from flows.install import MeshReport, install_mesh
+from meshflow.kubeconfig import parse_kubeconfig
+from meshflow.spec import MeshSpec, PkiSettings
+from sandbox import environment as env
+from sandbox import kube, processes
+from sandbox.azure import AzureEmulator
+from sandbox.prefect_server import PrefectServer
+from tasks.aks import forget_credentials
+from tasks.kube import api_client_for, request_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _core(cluster: kube.LocalCluster) -> client.CoreV1Api:
+    return client.CoreV1Api(
+        config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+    )
+
+
+def _exists(api: client.ApiClient, path: str) -> bool:
+    return request_json(api, "GET", path) is not None
+
+
+def _writes(clusters: list[kube.LocalCluster]) -> int:
+    return sum(len(kube.audit_writes(c, user="admin")) for c in clusters)
+
+
+def _run(spec: MeshSpec) -> MeshReport:
+    forget_credentials()
+    return asyncio.run(install_mesh(spec))
+
+
+@pytest.fixture(scope="module")
+def first_run(mesh_env: MeshSpec, azure_emulator: AzureEmulator) -> MeshReport:
+    return _run(mesh_env)
+
+
+def test_install_creates_every_documented_object(
+    first_run: MeshReport, mesh_env: MeshSpec, kube_clusters: list[kube.LocalCluster]
+) -> None:
+    rev = mesh_env.istio_revision
+    for cluster, spec in zip(kube_clusters, mesh_env.clusters, strict=True):
+        api = config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+        paths = [
+            "/api/v1/namespaces/istio-system",
+            "/api/v1/namespaces/echoserver",
+            "/apis/secrets-store.csi.x-k8s.io/v1/namespaces/istio-system/secretproviderclasses/istio-tls",
+            f"/apis/apps/v1/namespaces/istio-system/deployments/istiod-{rev}",
+            "/api/v1/namespaces/istio-system/serviceaccounts/istio-reader-service-account",
+            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/istio-reader-clusterrole-{rev}-istio-system",
+            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-{rev}-istio-system",
+            "/api/v1/namespaces/istio-system/secrets/istio-reader-service-account-istio-remote-secret-token",
+            "/api/v1/namespaces/echoserver/services/echoserver",
+        ]  # fmt: skip
+        for path in paths:
+            assert _exists(api, path), f"{cluster.name}: {path}"
+        deployment = "/apis/apps/v1/namespaces/echoserver/deployments/echoserver"
+        assert _exists(api, deployment) is spec.sample_workload
+        ingress_ns = _core(cluster).read_namespace("istio-ingress")
+        assert ingress_ns.metadata.labels["istio.io/rev"] == rev
+        others = [c.name for c in kube_clusters if c.name != cluster.name]
+        secrets = _core(cluster).list_namespaced_secret(
+            "istio-system", label_selector="istio/multiCluster=true"
+        )
+        assert sorted(s.metadata.name for s in secrets.items) == [
+            f"istio-remote-secret-{o}" for o in sorted(others)
+        ]
+
+
+def test_remote_secrets_give_reader_rights_and_nothing_more(
+    first_run: MeshReport, kube_clusters: list[kube.LocalCluster]
+) -> None:
+    assert first_run.ok
+    assert len(first_run.access) == 2 and all(a.read_ok for a in first_run.access)  # noqa: PT018
+    alpha, bravo = kube_clusters
+    stored = _core(bravo).read_namespaced_secret("istio-remote-secret-alpha", "istio-system")
+    assert stored.metadata.annotations["networking.istio.io/cluster"] == "alpha"
+    access = parse_kubeconfig(base64.b64decode(stored.data["alpha"]))
+    assert access.server == alpha.api_url
+    reader = client.CoreV1Api(api_client_for(access))
+    pods = reader.list_namespaced_pod("istio-system").items  # read: allowed
+    assert all(p.status.phase == "Pending" for p in pods)  # no kubelet: nothing runs
+    with pytest.raises(client.ApiException) as denied:
+        reader.create_namespaced_config_map("default", {"metadata": {"name": "reader-write"}})
+    assert denied.value.status == 403
+
+
+def test_data_plane_checks_say_not_run_without_nodes(first_run: MeshReport) -> None:
+    assert {d.check for d in first_run.data_plane} == {"istiod sync", "cross-cluster call"}
+    assert all(d.status == "not run" for d in first_run.data_plane)
+    assert all("no" in d.detail for d in first_run.data_plane)
+    assert "not run" in first_run.markdown()
+
+
+def test_second_run_writes_nothing(
+    first_run: MeshReport,
+    mesh_env: MeshSpec,
+    kube_clusters: list[kube.LocalCluster],
+    emulator: AzureEmulator,
+) -> None:
+    before = _writes(kube_clusters)
+    again = _run(mesh_env)
+    time.sleep(1.0)  # the audit log is written asynchronously
+    assert again.writes == 0
+    assert _writes(kube_clusters) == before
+    vault_writes = [
+        r for r in emulator.requests_log()
+        if r["method"] in {"PUT", "POST", "PATCH", "DELETE"}
+        and not r["path"].startswith("/subscriptions") and "/oauth2/" not in r["path"]
+    ]  # fmt: skip
+    assert vault_writes == []
+
+
+def test_a_killed_run_converges_on_the_next_one(
+    first_run: MeshReport,
+    mesh_env: MeshSpec,
+    kube_clusters: list[kube.LocalCluster],
+    prefect_server: PrefectServer,
+    tmp_path: Path,
+) -> None:
+    # Remove some of what the first run made, start a run in another process and kill it as
+    # soon as it starts writing; then a normal run must restore the same end state.
+    alpha, bravo = kube_clusters
+    _core(bravo).delete_namespaced_secret("istio-remote-secret-alpha", "istio-system")
+    _core(alpha).delete_namespace("echoserver")
+    spec_file = tmp_path / "mesh.json"
+    spec_file.write_text(mesh_env.model_dump_json())
+    before = _writes(kube_clusters)
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import asyncio, sys; from flows.install import install_mesh; "
+         "from meshflow.spec import MeshSpec; "
+         "asyncio.run(install_mesh(MeshSpec.model_validate_json(open(sys.argv[1]).read())))",
+         str(spec_file)],
+        cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_server.api_url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _writes(kube_clusters) == before and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    report = _run(mesh_env)
+    assert report.ok
+    secret = _core(bravo).read_namespaced_secret("istio-remote-secret-alpha", "istio-system")
+    assert secret.metadata.labels["istio/multiCluster"] == "true"
+    assert (
+        _core(alpha).read_namespaced_service("echoserver", "echoserver").spec.ports[0].port == 8080
+    )
+    assert _run(mesh_env).writes == 0  # and it is converged: nothing left to do
+
+
+@pytest.fixture(scope="module")
+def four_clusters(
+    tmp_path_factory: pytest.TempPathFactory,
+    azure_emulator: AzureEmulator,
+    prefect_server: PrefectServer,
+) -> Iterator[MeshSpec]:
+    root = tmp_path_factory.mktemp("four")
+    names = ["one", "two", "three", "four"]
+    clusters = kube.start_clusters(names, root)
+    try:
+        for c in clusters:
+            azure_emulator.register_cluster(
+                env.SUBSCRIPTION, env.RESOURCE_GROUP, c.name, location=env.REGION,
+                admin_kubeconfig=c.admin_kubeconfig.read_text(),
+                user_kubeconfig=c.user_kubeconfig.read_text(),
+            )  # fmt: skip
+        spec = env.sandbox_spec(names, environment="four", pki=PkiSettings(ca_key_size=2048))
+        env.save_environment(
+            spec, emulator_url=azure_emulator.url, ca_bundle=str(azure_emulator.ca_bundle),
+            client_secret="four-secret",
+        )  # fmt: skip
+        yield spec
+    finally:
+        for c in clusters:
+            c.stop()
+        processes.stop(processes.running_under(str(root)))
+
+
+def test_four_clusters_install_and_join_every_pair(four_clusters: MeshSpec) -> None:
+    report = _run(four_clusters)
+    assert report.ok
+    assert len(report.clusters) == 4
+    assert len(report.remote_secrets) == 12  # N x (N - 1)
+    assert sorted((a.source, a.target) for a in report.access if a.read_ok) == sorted(
+        (s, t) for s in ("one", "two", "three", "four") for t in ("one", "two", "three", "four")
+        if s != t
+    )  # fmt: skip
+    assert json.loads(report.model_dump_json())["environment"] == "four"
+    assert _run(four_clusters).writes == 0
+
+
+def test_bad_input_fails_before_anything_changes(
+    mesh_env: MeshSpec, kube_clusters: list[kube.LocalCluster]
+) -> None:
+    before = _writes(kube_clusters)
+    bad: dict[str, Any] = json.loads(mesh_env.model_dump_json())
+    bad["clusters"][1]["name"] = bad["clusters"][0]["name"]
+    with pytest.raises(Exception, match="repeated"):
+        asyncio.run(install_mesh(bad))  # type: ignore[arg-type]
+    assert _writes(kube_clusters) == before
