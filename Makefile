@@ -7,7 +7,7 @@ CLUSTERS ?= 2
 
 demo: bootstrap  ## set up, start the sandbox and run the main job on it
 	.venv/bin/meshflow sandbox up --clusters $(CLUSTERS)
-	.venv/bin/meshflow verify --env sandbox
+	.venv/bin/meshflow install --env sandbox
 
 test: bootstrap lint  ## set up and run every check and test
 	.venv/bin/pytest -q
