@@ -6,7 +6,7 @@ from azure.mgmt.containerservice import ContainerServiceClient
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.azure import AzureCredentials
+from blocks.azure import AzureCredentials, shared
 
 
 class AksCluster(Block):
@@ -22,8 +22,11 @@ class AksCluster(Block):
     credentials: AzureCredentials
 
     def container_service_client(self) -> ContainerServiceClient:
-        """An ARM client for ``Microsoft.ContainerService``."""
+        """The process's ARM client for ``Microsoft.ContainerService`` (do not close)."""
         creds = self.credentials
-        return ContainerServiceClient(
-            creds.get_credential(), self.subscription_id, **creds.arm_kwargs()
+        return shared(
+            ("aks", self.subscription_id, creds.cache_key()),
+            lambda: ContainerServiceClient(
+                creds.get_credential(), self.subscription_id, **creds.arm_kwargs()
+            ),
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import hashlib
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, Literal, TypeVar
 
 from azure.core.credentials import TokenCredential
 from azure.identity import (
@@ -14,6 +17,22 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
 AZURE_PUBLIC_ARM = "https://management.azure.com"
+
+T = TypeVar("T")
+_shared_lock = threading.RLock()  # building a client may build its (shared) credential
+_shared: dict[Hashable, Any] = {}
+
+
+def shared(key: Hashable, build: Callable[[], T]) -> T:
+    """One instance per ``key`` in this process.
+
+    SDK credentials and clients are thread-safe and keep their connections and tokens, so tasks
+    reuse them instead of rebuilding them.
+    """
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = build()
+        return _shared[key]  # type: ignore[no-any-return]
 
 
 class AzureCredentials(Block):
@@ -57,8 +76,22 @@ class AzureCredentials(Block):
         """Keyword arguments every Azure SDK client of this block gets (TLS trust)."""
         return {"connection_verify": self.ca_bundle} if self.ca_bundle else {}
 
+    def cache_key(self) -> str:
+        """Identifies equal credentials across block loads (a digest; holds no secret)."""
+        secret = self.client_secret.get_secret_value() if self.client_secret else ""
+        fields = (self.auth, self.tenant_id, self.client_id, secret, self.authority_host,
+                  self.arm_endpoint, self.ca_bundle)  # fmt: skip
+        return hashlib.sha256(repr(fields).encode()).hexdigest()
+
     def get_credential(self) -> TokenCredential:
-        """Build the azure-identity credential this block describes."""
+        """The azure-identity credential this block describes, shared within the process.
+
+        Credentials are thread-safe and cache their tokens, so every task of a run reuses one
+        instead of asking Entra for a new token each time.
+        """
+        return shared(("credential", self.cache_key()), self._new_credential)
+
+    def _new_credential(self) -> TokenCredential:
         common: dict[str, Any] = self.transport_kwargs()
         if self.authority_host:
             # A non-public authority (sandbox, sovereign cloud) cannot be checked against

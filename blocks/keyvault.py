@@ -7,7 +7,7 @@ from azure.keyvault.secrets import SecretClient
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.azure import AzureCredentials
+from blocks.azure import AzureCredentials, shared
 
 
 class KeyVault(Block):
@@ -31,11 +31,17 @@ class KeyVault(Block):
         return (self.vault_url or f"https://{self.vault_name}.vault.azure.net").rstrip("/")
 
     def secret_client(self) -> SecretClient:
-        """A Key Vault secrets client authenticated with this block's credentials."""
+        """The process's Key Vault secrets client for this vault and identity (do not close)."""
         creds = self.credentials
-        return SecretClient(self.url, creds.get_credential(), **creds.transport_kwargs())
+        return shared(
+            ("secrets", self.url, creds.cache_key()),
+            lambda: SecretClient(self.url, creds.get_credential(), **creds.transport_kwargs()),
+        )
 
     def certificate_client(self) -> CertificateClient:
-        """A Key Vault certificates client authenticated with this block's credentials."""
+        """The process's Key Vault certificates client for this vault and identity."""
         creds = self.credentials
-        return CertificateClient(self.url, creds.get_credential(), **creds.transport_kwargs())
+        return shared(
+            ("certificates", self.url, creds.cache_key()),
+            lambda: CertificateClient(self.url, creds.get_credential(), **creds.transport_kwargs()),
+        )

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks import KeyVault, load_block
 from meshflow import pki
+from meshflow.manifests import ROOT_CERT_SECRET, ca_certificate_name, cert_chain_secret_name
 from tasks.retry import TRANSIENT_RETRIES
 
 PROBE_SECRET = "meshflow-probe"  # noqa: S105 - a secret name, not a value
@@ -78,10 +79,9 @@ def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
 
 @contextmanager
 def vault_clients(vault: KeyVault) -> Iterator[tuple[SecretClient, CertificateClient]]:
-    """Secret and certificate clients of ``vault``, closed afterwards; errors made actionable."""
-    secrets_client, certs_client = vault.secret_client(), vault.certificate_client()
+    """The vault's (shared) secret and certificate clients; 401/403 made actionable."""
     try:
-        yield secrets_client, certs_client
+        yield vault.secret_client(), vault.certificate_client()
     except HttpResponseError as exc:
         if exc.status_code in (401, 403):
             raise KeyVaultError(
@@ -89,9 +89,6 @@ def vault_clients(vault: KeyVault) -> Iterator[tuple[SecretClient, CertificateCl
                 "give the flow's identity secret and certificate get/set/import permissions"
             ) from exc
         raise
-    finally:
-        secrets_client.close()
-        certs_client.close()
 
 
 def get_certificate(client: CertificateClient, name: str) -> KeyVaultCertificate | None:
@@ -219,10 +216,9 @@ async def describe_key_vault(key_vault_block: str) -> VaultFacts:
 
 def _probe(key_vault_block: str) -> ProbeResult:
     vault = load_block(KeyVault, key_vault_block)
-    client = vault.secret_client()
     nonce = secrets.token_hex(8)
     start = time.perf_counter()
-    try:
+    with vault_clients(vault) as (client, _):
         written = client.set_secret(
             PROBE_SECRET,
             nonce,
@@ -230,15 +226,6 @@ def _probe(key_vault_block: str) -> ProbeResult:
             tags={"purpose": "meshflow access probe"},
         )
         read = client.get_secret(PROBE_SECRET, written.properties.version)
-    except HttpResponseError as exc:
-        if exc.status_code in (401, 403):
-            raise KeyVaultError(
-                f"Key Vault {vault.vault_name!r}: secret set/get denied (HTTP {exc.status_code}); "
-                "give the flow's identity secret get+set (access policy or RBAC role)"
-            ) from exc
-        raise
-    finally:
-        client.close()
     elapsed = (time.perf_counter() - start) * 1000
     if read.value != nonce:
         raise KeyVaultError(f"Key Vault {vault.vault_name!r}: probe read back a different value")
@@ -260,15 +247,15 @@ def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]
     vault = load_block(KeyVault, key_vault_block)
     files: dict[str, str] = {}
     with vault_clients(vault) as (secrets, certs):
-        root = get_secret_value(secrets, "root-cert")
+        root = get_secret_value(secrets, ROOT_CERT_SECRET)
         if root is None:
             raise KeyVaultError(
                 f"Key Vault {vault.vault_name!r} has no root-cert; run `meshflow pki ensure`"
             )
         files["root-cert.pem"] = root
         for cluster in clusters:
-            cert = get_certificate(certs, f"{cluster}-ca-cert")
-            chain = get_secret_value(secrets, f"{cluster}-cert-chain")
+            cert = get_certificate(certs, ca_certificate_name(cluster))
+            chain = get_secret_value(secrets, cert_chain_secret_name(cluster))
             if cert is None or chain is None:
                 raise KeyVaultError(f"Key Vault {vault.vault_name!r} lacks {cluster}'s CA objects")
             der = x509.load_der_x509_certificate(bytes(cert.cer or b""))
