@@ -170,7 +170,7 @@ async def _validate(spec: MeshSpec) -> tuple[list[RemoteAccess], list[DataPlaneC
 async def install_mesh(spec: MeshSpec) -> MeshReport:
     """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, validate."""
     logger = get_run_logger()
-    pki: PkiReport = ensure_mesh_pki(spec)
+    pki: PkiReport = await ensure_mesh_pki(spec)
     clusters = await asyncio.gather(*(install_cluster(spec, c.name) for c in spec.clusters))
     secrets = await asyncio.gather(
         *(exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name) for s, t in _pairs(spec))

@@ -5,10 +5,11 @@ Idempotent end to end: a second run reads everything and writes nothing (see :mo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, ConfigDict
 
 from meshflow.spec import MeshSpec
@@ -49,32 +50,29 @@ class PkiReport(BaseModel):
 
 
 @flow(name="ensure-mesh-pki")
-def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
+async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
     """Ensure the root CA, each cluster's intermediate and the ingress certificates in Key Vault."""
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     names = [c.name for c in spec.clusters]
-    root = ensure_root_ca.submit(kv, names, settings, root_kv)
-    intermediates = [
-        ensure_intermediate_ca.submit(
-            kv, name, settings, root_kv, wait_for=[root], return_state=False
+
+    async def signed_by_root() -> list[ObjectRef]:
+        root = await ensure_root_ca(kv, names, settings, root_kv)
+        intermediates, ingress = await asyncio.gather(
+            asyncio.gather(*(ensure_intermediate_ca(kv, n, settings, root_kv) for n in names)),
+            ensure_ingress_certificate(kv, settings, root_kv),
         )
-        for name in names
-    ]
-    ingress = ensure_ingress_certificate.submit(
-        kv, settings, root_kv, wait_for=[root], return_state=False
+        return [*root, *(ref for refs in intermediates for ref in refs), ingress]
+
+    chain, frontend = await asyncio.gather(
+        signed_by_root(), ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     )
-    frontend = ensure_frontend_certificate.submit(kv, settings, spec.frontend_pfx_block)
-    objects = [*root.result()]
-    for future in intermediates:
-        objects += future.result()
-    objects += [ingress.result(), frontend.result()]
-    report = PkiReport(environment=spec.environment, objects=tuple(objects))
-    create_table_artifact(
+    report = PkiReport(environment=spec.environment, objects=(*chain, frontend))
+    await acreate_table_artifact(
         report.table(dt.datetime.now(dt.UTC)),
         key=f"mesh-pki-{spec.environment}",
         description=f"Mesh PKI objects in Key Vault ({spec.environment})",
     )
     get_run_logger().info(
-        "mesh PKI ensured: %d objects, %d new versions", len(objects), len(report.written)
+        "mesh PKI ensured: %d objects, %d new versions", len(report.objects), len(report.written)
     )
     return report

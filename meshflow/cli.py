@@ -73,6 +73,9 @@ def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
 @sandbox_app.command("up")
 def sandbox_up(
     clusters: Annotated[int, typer.Option(help="How many clusters.")] = 2,
+    database: Annotated[
+        str, typer.Option(help="Prefect server database: sqlite, or postgres for many clusters.")
+    ] = "sqlite",
 ) -> None:
     """Start N local clusters, the Azure emulator and a Prefect server; save the blocks."""
     from sandbox.kube import SandboxError
@@ -80,7 +83,7 @@ def sandbox_up(
 
     typer.echo(f"starting the sandbox with {clusters} clusters (the first run builds Kubernetes)")
     try:
-        Sandbox().up(clusters)
+        Sandbox().up(clusters, database=database)
     except (SandboxError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     _print_status()
@@ -174,7 +177,7 @@ def pki_ensure(env: EnvOption = "sandbox") -> None:
     from flows.pki import ensure_mesh_pki
 
     with _environment(env) as (spec, _):
-        report = ensure_mesh_pki(spec)
+        report = asyncio.run(ensure_mesh_pki(spec))
     typer.echo(f"mesh PKI for {report.environment}: {len(report.written)} new versions")
     for o in report.objects:
         state = "new version" if o.written else "unchanged"

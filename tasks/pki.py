@@ -23,6 +23,7 @@ transient Key Vault errors only (see :mod:`tasks.retry`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 from collections.abc import Sequence
@@ -34,9 +35,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prefect import task
 from prefect.blocks.system import Secret
+from prefect.cache_policies import NO_CACHE
 
 from blocks import KeyVault, load_block
 from meshflow import pki
+from meshflow.manifests import (
+    INGRESS_CERTIFICATE,
+    ROOT_CERT_SECRET,
+    ca_certificate_name,
+    cert_chain_secret_name,
+)
 from meshflow.spec import PkiSettings
 from tasks.keyvault import (
     PEM_CONTENT_TYPE,
@@ -54,24 +62,13 @@ from tasks.keyvault import (
 from tasks.retry import TRANSIENT_RETRIES
 
 ROOT_CA = "istio-root-ca"
-ROOT_CERT_SECRET = "root-cert"  # noqa: S105 - a secret name, not a value
 FRONTEND_CERT = "frontend-certificate"
-INGRESS_CERT = "echoserver"
+INGRESS_CERT = INGRESS_CERTIFICATE
 TAGS = {"managed-by": "meshflow"}
 
 
 class RootCaError(KeyVaultError):
     """The root CA is missing or unusable; meshflow will not replace it on its own."""
-
-
-def intermediate_cert_name(cluster: str) -> str:
-    """Key Vault certificate holding a cluster's intermediate CA and key."""
-    return f"{cluster}-ca-cert"
-
-
-def chain_secret_name(cluster: str) -> str:
-    """Key Vault secret holding a cluster's ``cert-chain.pem``."""
-    return f"{cluster}-cert-chain"
 
 
 def _now() -> dt.datetime:
@@ -121,17 +118,16 @@ def _ensure_root_pem(secrets: SecretClient, vault: KeyVault, root: x509.Certific
 def _existing_mesh_objects(
     secrets: SecretClient, certs: CertificateClient, clusters: Sequence[str]
 ) -> list[str]:
+    # One listing instead of a read per cluster: this runs on every first install.
+    wanted = {ca_certificate_name(c) for c in clusters}
     found = [ROOT_CERT_SECRET] if get_secret_value(secrets, ROOT_CERT_SECRET) is not None else []
-    found += [
-        intermediate_cert_name(c)
-        for c in clusters
-        if get_certificate(certs, intermediate_cert_name(c)) is not None
-    ]
+    found += sorted(
+        str(p.name) for p in certs.list_properties_of_certificates() if p.name in wanted
+    )
     return found
 
 
-@task(name="ensure-root-ca", **TRANSIENT_RETRIES)
-def ensure_root_ca(
+def _ensure_root_ca(
     key_vault_block: str,
     clusters: Sequence[str],
     settings: PkiSettings,
@@ -178,8 +174,7 @@ def ensure_root_ca(
     return [root_ref, pem_ref]
 
 
-@task(name="ensure-intermediate-ca", **TRANSIENT_RETRIES)
-def ensure_intermediate_ca(
+def _ensure_intermediate_ca(
     key_vault_block: str,
     cluster: str,
     settings: PkiSettings,
@@ -193,7 +188,7 @@ def ensure_intermediate_ca(
     vault = load_block(KeyVault, key_vault_block)
     root = _load_root(load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault)
     now = _now()
-    name = intermediate_cert_name(cluster)
+    name = ca_certificate_name(cluster)
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
         pair = load_cert_key(secrets, stored) if stored is not None else None
@@ -211,7 +206,7 @@ def ensure_intermediate_ca(
         chain = pki.cert_chain_pem(pair.cert, root.cert).decode()
         chain_ref = ensure_secret_value(
             secrets,
-            chain_secret_name(cluster),
+            cert_chain_secret_name(cluster),
             chain,
             content_type=PEM_CONTENT_TYPE,
             tags=TAGS | {"cluster": cluster},
@@ -231,8 +226,7 @@ def _reissue_reason(
     return None
 
 
-@task(name="ensure-ingress-certificate", **TRANSIENT_RETRIES)
-def ensure_ingress_certificate(
+def _ensure_ingress_certificate(
     key_vault_block: str,
     settings: PkiSettings,
     root_key_vault_block: str | None = None,
@@ -255,8 +249,7 @@ def ensure_ingress_certificate(
         return import_cert_key(certs, INGRESS_CERT, leaf, tags=TAGS)
 
 
-@task(name="ensure-frontend-certificate", **TRANSIENT_RETRIES)
-def ensure_frontend_certificate(
+def _ensure_frontend_certificate(
     key_vault_block: str,
     settings: PkiSettings,
     pfx_secret_block: str | None = None,
@@ -292,3 +285,57 @@ def ensure_frontend_certificate(
         if created is None:
             raise KeyVaultError(f"Key Vault {vault.vault_name!r} did not create {FRONTEND_CERT}")
         return cert_ref(created, written=True)
+
+
+# -- Prefect tasks: async veneers, so the PKI sub-flow overlaps its Key Vault waits ---------
+
+
+@task(name="ensure-root-ca", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def ensure_root_ca(
+    key_vault_block: str,
+    clusters: Sequence[str],
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> list[ObjectRef]:
+    """Reuse the mesh root CA, or create it when no trace of a mesh exists yet (steps 02-03)."""
+    return await asyncio.to_thread(
+        _ensure_root_ca, key_vault_block, clusters, settings, root_key_vault_block
+    )
+
+
+@task(name="ensure-intermediate-ca", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def ensure_intermediate_ca(
+    key_vault_block: str,
+    cluster: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> list[ObjectRef]:
+    """Ensure ``<cluster>-ca-cert`` and ``<cluster>-cert-chain`` (steps 02-03, per cluster)."""
+    return await asyncio.to_thread(
+        _ensure_intermediate_ca, key_vault_block, cluster, settings, root_key_vault_block
+    )
+
+
+@task(name="ensure-ingress-certificate", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def ensure_ingress_certificate(
+    key_vault_block: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+    host: str = pki.ECHOSERVER_HOST,
+) -> ObjectRef:
+    """Ensure certificate ``echoserver``: the ingress backend leaf signed by the root (step 19)."""
+    return await asyncio.to_thread(
+        _ensure_ingress_certificate, key_vault_block, settings, root_key_vault_block, host
+    )
+
+
+@task(name="ensure-frontend-certificate", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+async def ensure_frontend_certificate(
+    key_vault_block: str,
+    settings: PkiSettings,
+    pfx_secret_block: str | None = None,
+) -> ObjectRef:
+    """Ensure certificate ``frontend-certificate`` for the App Gateway listener (step 16)."""
+    return await asyncio.to_thread(
+        _ensure_frontend_certificate, key_vault_block, settings, pfx_secret_block
+    )

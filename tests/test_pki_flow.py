@@ -5,6 +5,7 @@ Tests run in file order on one vault: first run, idempotent re-run, export, reis
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import subprocess
@@ -52,7 +53,7 @@ def clean_vault(mesh_env: MeshSpec, azure_emulator: AzureEmulator) -> MeshSpec:
 def test_first_run_creates_exactly_the_documented_objects(
     clean_vault: MeshSpec, emulator: AzureEmulator
 ) -> None:
-    report = ensure_mesh_pki(clean_vault)
+    report = asyncio.run(ensure_mesh_pki(clean_vault))
     assert {o.name for o in report.objects} == _expected_objects(clean_vault)
     assert all(o.written for o in report.objects)
     writes = _vault_writes(emulator)
@@ -69,7 +70,7 @@ def test_first_run_creates_exactly_the_documented_objects(
 
 
 def test_second_run_writes_nothing(clean_vault: MeshSpec, emulator: AzureEmulator) -> None:
-    report = ensure_mesh_pki(clean_vault)
+    report = asyncio.run(ensure_mesh_pki(clean_vault))
     assert report.written == []
     assert _vault_writes(emulator) == []
 
@@ -109,7 +110,7 @@ def test_intermediate_within_threshold_is_reissued_and_old_version_stays_readabl
             )
         }
     )
-    report = ensure_mesh_pki(due)
+    report = asyncio.run(ensure_mesh_pki(due))
     reissued = {o.name for o in report.written}
     assert {f"{c.name}-ca-cert" for c in clean_vault.clusters} <= reissued
     assert {f"{c.name}-cert-chain" for c in clean_vault.clusters} <= reissued
@@ -119,7 +120,7 @@ def test_intermediate_within_threshold_is_reissued_and_old_version_stays_readabl
     kept = certs.get_certificate_version(f"{first}-ca-cert", old.properties.version)
     assert kept.cer == old.cer
     # The reissued intermediates (1000 days) are not due under the usual 30-day threshold.
-    assert ensure_mesh_pki(clean_vault).written == []
+    assert asyncio.run(ensure_mesh_pki(clean_vault)).written == []
 
 
 def test_a_deleted_root_fails_loudly_instead_of_creating_a_second_one(
@@ -128,7 +129,7 @@ def test_a_deleted_root_fails_loudly_instead_of_creating_a_second_one(
     assert azure_emulator.drop_certificate(ROOT_CA)
     emulator.clear_log()
     with pytest.raises(RootCaError, match="Refusing to create a second root"):
-        ensure_mesh_pki(clean_vault)
+        asyncio.run(ensure_mesh_pki(clean_vault))
     assert _vault_writes(emulator) == []
 
 

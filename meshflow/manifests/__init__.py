@@ -57,6 +57,8 @@ from meshflow.manifests.sample import (
     echoserver_service,
 )
 from meshflow.manifests.secretstore import (
+    INGRESS_CERTIFICATE,
+    ROOT_CERT_SECRET,
     SECRET_PROVIDER_CLASS,
     KeyVaultObject,
     ca_certificate_name,
@@ -71,6 +73,7 @@ __all__ = [
     "CLUSTER_NAME_ANNOTATION",
     "ECHOSERVER",
     "ECHOSERVER_NAMESPACE",
+    "INGRESS_CERTIFICATE",
     "INGRESS_GATEWAY",
     "INGRESS_GATEWAY_LABELS",
     "INGRESS_NAMESPACE",
@@ -79,6 +82,7 @@ __all__ = [
     "READER_SERVICE_ACCOUNT",
     "READER_TOKEN_SECRET",
     "REVISION_LABEL",
+    "ROOT_CERT_SECRET",
     "SECRET_PROVIDER_CLASS",
     "KeyVaultObject",
     "Manifest",
