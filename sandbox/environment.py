@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from blocks import AksCluster, AzureCredentials, KeyVault
@@ -27,7 +28,12 @@ VAULT_NAME = "meshflow-sandbox-kv"
 def register_block_types() -> None:
     """``prefect block register -m blocks``, in-process."""
     for block in (AzureCredentials, KeyVault, AksCluster):
-        block.register_type_and_schema()
+        block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+
+
+def _save(block: Block, name: str) -> None:
+    # Synchronously even from async code, where Prefect would return an unawaited coroutine.
+    block.save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
 
 
 def sandbox_spec(
@@ -68,15 +74,17 @@ def save_environment(
         arm_endpoint=emulator_url,
         ca_bundle=ca_bundle,
     )
-    creds.save(spec.credentials_block, overwrite=True)
-    KeyVault(
+    _save(creds, spec.credentials_block)
+    vault = KeyVault(
         vault_name=VAULT_NAME, vault_url=emulator_url, tenant_id=TENANT, credentials=creds
-    ).save(spec.key_vault_block, overwrite=True)
+    )
+    _save(vault, spec.key_vault_block)
     for cluster in spec.clusters:
-        AksCluster(
+        aks = AksCluster(
             subscription_id=SUBSCRIPTION,
             resource_group=RESOURCE_GROUP,
             cluster_name=cluster.name,
             region=REGION,
             credentials=creds,
-        ).save(cluster.aks_block, overwrite=True)
+        )
+        _save(aks, cluster.aks_block)

@@ -68,8 +68,6 @@ def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
                 f"(HTTP {exc.status_code}); grant the flow's identity that action"
             ) from exc
         raise
-    finally:
-        client.close()
     if not result.kubeconfigs or not result.kubeconfigs[0].value:
         raise AksError(f"{where} returned no kubeconfig")
     try:
@@ -151,8 +149,6 @@ def _cluster_facts(aks_block: str) -> ClusterFacts:
             f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r}) "
             f"was not found; check the '{aks_block}' block or run the provision flow"
         ) from exc
-    finally:
-        client.close()
     return ClusterFacts(
         cluster_name=block.cluster_name,
         region=block.region,
