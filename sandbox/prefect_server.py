@@ -51,10 +51,13 @@ def wait_healthy(api_url: str, timeout: float, log: Path) -> None:
     raise SandboxError(f"Prefect server {api_url} not healthy after {timeout:.0f}s:\n{tail}")
 
 
-def start_prefect_server(home: Path, *, marker: str, port: int | None = None) -> PrefectServer:
-    """Start ``prefect server start`` with its home and SQLite database in ``home``.
+def start_prefect_server(
+    home: Path, *, marker: str, port: int | None = None, database_url: str | None = None
+) -> PrefectServer:
+    """Start ``prefect server start`` with its home (and by default a SQLite database) in ``home``.
 
-    Uses port 4200 (the UI's usual address) when free, else any free port.
+    Uses port 4200 (the UI's usual address) when free, else any free port. ``database_url``
+    selects another database, e.g. ``postgresql+asyncpg://...``.
     """
     home.mkdir(parents=True, exist_ok=True)
     if port is None:
@@ -63,7 +66,7 @@ def start_prefect_server(home: Path, *, marker: str, port: int | None = None) ->
     env = {
         **QUIET_ENV,
         "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{database}",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",

@@ -13,14 +13,14 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import kube, processes
+from sandbox import kube, postgres, processes
+from sandbox.azure.admin import start_emulator_process
 from sandbox.environment import ENVIRONMENT, REGION, RESOURCE_GROUP, SUBSCRIPTION
 from sandbox.kube import LocalCluster, SandboxError
 from sandbox.prefect_server import start_prefect_server
@@ -46,16 +46,6 @@ class Endpoint:
     url: str
     pid: int | None
     ca_bundle: str | None = None
-
-
-def _wait_file(path: Path, timeout: float, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise SandboxError(f"{path} did not appear within {timeout:.0f}s; log tail:\n{tail}")
 
 
 class Sandbox:
@@ -88,54 +78,48 @@ class Sandbox:
     # -- up ---------------------------------------------------------------------------------
 
     def _start_emulator(self, clusters: list[LocalCluster]) -> Endpoint:
-        folder = self.root / "azure"
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "config.json"
-        config.write_text(
-            json.dumps(
+        config = {
+            "clusters": [
                 {
-                    "clusters": [
-                        {
-                            "subscription": SUBSCRIPTION,
-                            "resourceGroup": RESOURCE_GROUP,
-                            "name": c.name,
-                            "location": REGION,
-                            "admin_kubeconfig": c.admin_kubeconfig.read_text(),
-                            "user_kubeconfig": c.user_kubeconfig.read_text(),
-                            "fqdn": c.api_url.removeprefix("https://"),
-                            "aad": False,
-                        }
-                        for c in clusters
-                    ]
+                    "subscription": SUBSCRIPTION,
+                    "resourceGroup": RESOURCE_GROUP,
+                    "name": c.name,
+                    "location": REGION,
+                    "admin_kubeconfig": c.admin_kubeconfig.read_text(),
+                    "user_kubeconfig": c.user_kubeconfig.read_text(),
+                    "fqdn": c.api_url.removeprefix("https://"),
+                    "aad": False,
                 }
-            )
-        )
-        config.chmod(0o600)
-        log = folder / "emulator.log"
-        started = processes.spawn(
-            "azure-emulator",
-            [sys.executable, "-m", "sandbox.azure", "--state-dir", str(folder),
-             "--config", str(config)],
-            log=log, marker=self.marker, cwd=self.root,
-        )  # fmt: skip
-        info = _wait_file(folder / "emulator.json", 30, log)
-        return Endpoint(url=info["url"], pid=started.pid, ca_bundle=info["ca_bundle"])
+                for c in clusters
+            ]
+        }
+        admin = start_emulator_process(self.root / "azure", marker=self.marker, config=config)
+        return Endpoint(url=admin.url, pid=admin.pid, ca_bundle=str(admin.ca_bundle))
 
-    def _start_prefect(self) -> Endpoint:
+    def _start_prefect(self, database: str) -> tuple[Endpoint, dict[str, Any] | None]:
         external = os.environ.get("PREFECT_API_URL")
         if external:
-            return Endpoint(url=external.rstrip("/"), pid=None)
-        server = start_prefect_server(self.root / "prefect", marker=self.marker)
-        return Endpoint(url=server.api_url, pid=server.pid)
+            return Endpoint(url=external.rstrip("/"), pid=None), None
+        pg = postgres.start(marker=self.marker) if database == "postgres" else None
+        server = start_prefect_server(
+            self.root / "prefect", marker=self.marker, database_url=pg.url if pg else None
+        )
+        recorded = {"pid": pg.pid, "directory": str(pg.directory)} if pg else None
+        return Endpoint(url=server.api_url, pid=server.pid), recorded
 
-    def up(self, count: int = 2) -> dict[str, Any]:
+    def up(self, count: int = 2, *, database: str = "sqlite") -> dict[str, Any]:
         """Start the sandbox with ``count`` clusters; a no-op if it already runs that many.
+
+        ``database`` is the Prefect server's: ``sqlite`` (default) or ``postgres`` (see
+        :mod:`sandbox.postgres` for when it matters).
 
         Raises:
             SandboxError: it runs with another number of clusters, or something failed to start
                 (whatever did start is stopped again).
         """
         names = cluster_names(count)
+        if database not in ("sqlite", "postgres"):
+            raise ValueError(f"--database must be sqlite or postgres (got {database!r})")
         state = self.state()
         if state is not None:
             if self.is_healthy() and len(state["clusters"]) == count:
@@ -150,11 +134,12 @@ class Sandbox:
         try:
             clusters = kube.start_clusters(names, self.root / "clusters")
             emulator = self._start_emulator(clusters)
-            prefect = self._start_prefect()
+            prefect, pg = self._start_prefect(database)
             state = {
                 "environment": ENVIRONMENT,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "prefect": {"api_url": prefect.url, "pid": prefect.pid},
+                "prefect": {"api_url": prefect.url, "pid": prefect.pid, "database": database},
+                "postgres": pg,
                 "emulator": {"url": emulator.url, "pid": emulator.pid,
                              "ca_bundle": emulator.ca_bundle},
                 "clusters": [c.to_json() for c in clusters],
@@ -192,8 +177,8 @@ class Sandbox:
         recorded = [(p, c["directory"]) for c in state.get("clusters", []) for p in c["pids"]]
         recorded += [
             (state[k]["pid"], self.marker)
-            for k in ("emulator", "prefect")
-            if state.get(k, {}).get("pid")
+            for k in ("emulator", "prefect", "postgres")
+            if (state.get(k) or {}).get("pid")
         ]
         return recorded
 
@@ -234,7 +219,10 @@ class Sandbox:
         Also stops strays that carry this sandbox's marker but were never recorded (e.g. a
         crash between starting a process and writing the state). Returns the PIDs stopped.
         """
+        pg_dir = ((self.state() or {}).get("postgres") or {}).get("directory")
         stopped = processes.stop(self._recorded())
         stopped += processes.stop(processes.running_under(self.marker))
+        if pg_dir:
+            postgres.remove(Path(pg_dir))
         shutil.rmtree(self.root, ignore_errors=True)
         return stopped

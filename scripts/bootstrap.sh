@@ -9,5 +9,12 @@ if ! command -v uv >/dev/null 2>&1 || [[ $(uv --version | awk '{print $2}') != "
   echo "bootstrap: installing uv $UV_VERSION" >&2
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-uv sync --frozen --quiet
+# --compile-bytecode: this environment sets PYTHONDONTWRITEBYTECODE=1, so without it every
+# process (CLI, Prefect server, istioctl stand-in) recompiles prefect and kubernetes on start.
+uv sync --frozen --quiet --compile-bytecode
 bash sandbox/build-kube.sh
+# PostgreSQL for `meshflow sandbox up --database postgres` and the benchmarks (sandbox/postgres.py).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "bootstrap: installing PostgreSQL (Debian package)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
