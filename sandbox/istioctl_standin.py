@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -877,8 +878,20 @@ def install(argv: Sequence[str]) -> int:
         total += sum(action != "unchanged" for _, action in results)
         _report(rendered, results, title)
     say("pods not started: sandbox has no nodes")
+    _simulated_install_time()
     say(f"✔ Installation complete ({total} object(s) written; nothing runs)")
     return 0
+
+
+LATENCY_ENV = "MESHFLOW_STANDIN_INSTALL_SECONDS"
+
+
+def _simulated_install_time() -> None:
+    # Benchmarks inject the time a real install spends waiting for istiod to become ready.
+    seconds = float(os.environ.get(LATENCY_ENV, "0") or 0)
+    if seconds > 0:
+        say(f"(simulating {seconds:g}s of install time: {LATENCY_ENV})")
+        time.sleep(seconds)
 
 
 def version(argv: Sequence[str]) -> int:
