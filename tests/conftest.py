@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import environment as env
@@ -23,6 +25,10 @@ from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer, start_prefect_server
 
 pytest_plugins = ["tests.emulator_fixtures"]
+
+# SIGTERM (a CI timeout, `kill`) takes pytest's Ctrl-C path, so fixture finalizers still stop
+# every control plane, emulator and server this session started.
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 CLUSTERS = ("alpha", "bravo")
 

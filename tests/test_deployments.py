@@ -35,3 +35,16 @@ def test_deployment_loads_and_its_parameters_validate(deployment: dict[str, Any]
 def test_production_keeps_the_root_key_in_its_own_vault() -> None:
     prod = load_environments()["prod"]
     assert prod.root_key_vault_block not in (None, prod.key_vault_block)
+
+
+def test_the_ui_form_is_the_mesh_description_schema() -> None:
+    flow = load_flow_from_entrypoint("flows/install.py:install_mesh")
+    schema = flow.parameters.model_dump()
+    assert schema["required"] == ["spec"]
+    definitions = schema["definitions"]
+    assert {"MeshSpec", "ClusterSpec", "PkiSettings"} <= set(definitions)
+    mesh = definitions["MeshSpec"]
+    assert mesh["additionalProperties"] is False  # unknown fields are rejected by the form
+    assert mesh["properties"]["clusters"]["minItems"] == 1
+    cluster_name = definitions["ClusterSpec"]["properties"]["name"]
+    assert cluster_name["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
