@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -199,24 +198,6 @@ async def _load_flow_names() -> None:
             _FLOW_NAMES[f.id] = f.name
 
 
-def environment(emulator: EmulatorAdmin, clusters: list[kube.LocalCluster], name: str) -> MeshSpec:
-    """Register clusters in the emulator and save the blocks of environment ``name``."""
-    for c in clusters:
-        emulator.register_cluster(
-            env.SUBSCRIPTION, env.RESOURCE_GROUP, c.name, location=env.REGION,
-            admin_kubeconfig=c.admin_kubeconfig.read_text(),
-            user_kubeconfig=c.user_kubeconfig.read_text(),
-        )  # fmt: skip
-    spec = env.sandbox_spec([c.name for c in clusters], environment=name)
-    env.save_environment(
-        spec,
-        emulator_url=emulator.url,
-        ca_bundle=str(emulator.ca_bundle),
-        client_secret=secrets.token_urlsafe(16),
-    )
-    return spec
-
-
 def reset_clusters(clusters: list[kube.LocalCluster]) -> None:
     """Remove what an install made, so the next round starts from empty clusters."""
     from kubernetes import config
@@ -247,7 +228,9 @@ async def run_all(
     emulator: EmulatorAdmin, sets: dict[str, list[kube.LocalCluster]], database: str
 ) -> None:
     """Measure the four runs on one database and print the table."""
-    specs = {name: environment(emulator, cl, name) for name, cl in sets.items()}
+    specs = {
+        name: env.wire_environment(emulator, cl, environment=name) for name, cl in sets.items()
+    }
     results: dict[str, float] = {}
     reset_vault(emulator, specs)
     results["1 cluster, parallel flow"], _ = await timed(install_mesh, specs["one"])

@@ -7,7 +7,10 @@ the emulator's own.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from prefect.blocks.core import Block
 from pydantic import SecretStr
@@ -15,6 +18,7 @@ from pydantic import SecretStr
 from blocks import AksCluster, AzureCredentials, KeyVault
 from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings
 from sandbox.azure import DEFAULT_TENANT
+from sandbox.kube import LocalCluster
 
 ENVIRONMENT = "sandbox"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000a5b0"
@@ -88,3 +92,53 @@ def save_environment(
             credentials=creds,
         )
         _save(aks, cluster.aks_block)
+
+
+class Emulator(Protocol):
+    """The in-process emulator or its admin client: what wiring an environment needs."""
+
+    url: str
+
+    @property
+    def ca_bundle(self) -> Path: ...  # noqa: D102
+
+    def register_cluster(  # noqa: D102
+        self, subscription: str, resource_group: str, name: str, **spec: Any
+    ) -> None: ...
+
+
+def cluster_registration(cluster: LocalCluster) -> dict[str, Any]:
+    """How the emulator knows a local control plane: as an AKS cluster of the sandbox."""
+    return {
+        "subscription": SUBSCRIPTION,
+        "resourceGroup": RESOURCE_GROUP,
+        "name": cluster.name,
+        "location": REGION,
+        "admin_kubeconfig": cluster.admin_kubeconfig.read_text(),
+        "user_kubeconfig": cluster.user_kubeconfig.read_text(),
+        "fqdn": cluster.api_url.removeprefix("https://"),
+        "aad": False,
+    }
+
+
+def wire_environment(
+    emulator: Emulator,
+    clusters: Sequence[LocalCluster],
+    *,
+    environment: str = ENVIRONMENT,
+    pki: PkiSettings | None = None,
+) -> MeshSpec:
+    """Register ``clusters`` with ``emulator`` and save the environment's blocks; its spec."""
+    for cluster in clusters:
+        spec = cluster_registration(cluster)
+        emulator.register_cluster(
+            spec.pop("subscription"), spec.pop("resourceGroup"), spec.pop("name"), **spec
+        )
+    mesh = sandbox_spec([c.name for c in clusters], environment=environment, pki=pki)
+    save_environment(
+        mesh,
+        emulator_url=emulator.url,
+        ca_bundle=str(emulator.ca_bundle),
+        client_secret=secrets.token_urlsafe(24),
+    )
+    return mesh

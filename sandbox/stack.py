@@ -21,7 +21,7 @@ from typing import Any
 
 from sandbox import kube, postgres, processes
 from sandbox.azure.admin import start_emulator_process
-from sandbox.environment import ENVIRONMENT, REGION, RESOURCE_GROUP, SUBSCRIPTION
+from sandbox.environment import ENVIRONMENT, cluster_registration
 from sandbox.kube import LocalCluster, SandboxError
 from sandbox.prefect_server import start_prefect_server
 
@@ -78,21 +78,7 @@ class Sandbox:
     # -- up ---------------------------------------------------------------------------------
 
     def _start_emulator(self, clusters: list[LocalCluster]) -> Endpoint:
-        config = {
-            "clusters": [
-                {
-                    "subscription": SUBSCRIPTION,
-                    "resourceGroup": RESOURCE_GROUP,
-                    "name": c.name,
-                    "location": REGION,
-                    "admin_kubeconfig": c.admin_kubeconfig.read_text(),
-                    "user_kubeconfig": c.user_kubeconfig.read_text(),
-                    "fqdn": c.api_url.removeprefix("https://"),
-                    "aad": False,
-                }
-                for c in clusters
-            ]
-        }
+        config = {"clusters": [cluster_registration(c) for c in clusters]}
         admin = start_emulator_process(self.root / "azure", marker=self.marker, config=config)
         return Endpoint(url=admin.url, pid=admin.pid, ca_bundle=str(admin.ca_bundle))
 

@@ -88,23 +88,6 @@ def mesh_env(
     profile is otherwise Istio's.
     """
     os.environ["MESHFLOW_ISTIOCTL"] = str(Path(__file__).parent.parent / "sandbox/bin/istioctl")
-    for cluster in kube_clusters:
-        azure_emulator.register_cluster(
-            env.SUBSCRIPTION,
-            env.RESOURCE_GROUP,
-            cluster.name,
-            location=env.REGION,
-            admin_kubeconfig=cluster.admin_kubeconfig.read_text(),
-            user_kubeconfig=cluster.user_kubeconfig.read_text(),
-            fqdn=cluster.api_url.removeprefix("https://"),
-        )
-    spec = env.sandbox_spec(
-        [c.name for c in kube_clusters], environment="e2e", pki=PkiSettings(ca_key_size=2048)
+    return env.wire_environment(
+        azure_emulator, kube_clusters, environment="e2e", pki=PkiSettings(ca_key_size=2048)
     )
-    env.save_environment(
-        spec,
-        emulator_url=azure_emulator.url,
-        ca_bundle=str(azure_emulator.ca_bundle),
-        client_secret="e2e-client-secret",
-    )
-    return spec

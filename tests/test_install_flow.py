@@ -179,17 +179,9 @@ def four_clusters(
     names = ["one", "two", "three", "four"]
     clusters = kube.start_clusters(names, root)
     try:
-        for c in clusters:
-            azure_emulator.register_cluster(
-                env.SUBSCRIPTION, env.RESOURCE_GROUP, c.name, location=env.REGION,
-                admin_kubeconfig=c.admin_kubeconfig.read_text(),
-                user_kubeconfig=c.user_kubeconfig.read_text(),
-            )  # fmt: skip
-        spec = env.sandbox_spec(names, environment="four", pki=PkiSettings(ca_key_size=2048))
-        env.save_environment(
-            spec, emulator_url=azure_emulator.url, ca_bundle=str(azure_emulator.ca_bundle),
-            client_secret="four-secret",
-        )  # fmt: skip
+        spec = env.wire_environment(
+            azure_emulator, clusters, environment="four", pki=PkiSettings(ca_key_size=2048)
+        )
         yield spec
     finally:
         for c in clusters:
