@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import threading
@@ -23,20 +24,33 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from meshflow.kubeconfig import ClusterAccess, parse_kubeconfig, token_kubeconfig
-from meshflow.manifests import cross_cluster_call_job, remote_secret
+from meshflow.manifests import (
+    ISTIO_NAMESPACE,
+    READER_TOKEN_SECRET,
+    cross_cluster_call_job,
+    remote_secret,
+    remote_secret_name,
+)
 from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
 from tasks.retry import TRANSIENT_RETRIES
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, bool], tuple[ClusterAccess, k8s.ApiClient]] = {}
+_memfiles_lock = threading.Lock()  # separate: api_client builds clients while holding _lock
+_memfiles: dict[bytes, str] = {}
 
 
 def _memfile(name: str, data: bytes) -> str:
-    # The descriptor stays open for the life of the process-wide client cache.
-    fd = os.memfd_create(f"meshflow-{name}", os.MFD_CLOEXEC)
-    os.write(fd, data)
-    return f"/proc/{os.getpid()}/fd/{fd}"
+    # One descriptor per distinct content, kept open for the life of the process: clients built
+    # again and again (one per remote-secret check) reuse it instead of opening a new one.
+    key = hashlib.sha256(name.encode() + b"\0" + data).digest()
+    with _memfiles_lock:
+        if key not in _memfiles:
+            fd = os.memfd_create(f"meshflow-{name}", os.MFD_CLOEXEC)
+            os.write(fd, data)
+            _memfiles[key] = f"/proc/{os.getpid()}/fd/{fd}"
+        return _memfiles[key]
 
 
 def api_client_for(access: ClusterAccess) -> k8s.ApiClient:
@@ -108,8 +122,8 @@ def request_json(
     body: Any = None,
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
-) -> dict[str, Any] | None:
-    """One authenticated REST call; the JSON reply, or None for 404 on GET.
+) -> Any:
+    """One authenticated REST call; the decoded JSON reply, or None for 404 on GET.
 
     Raises:
         ApiException: any other non-2xx status (classified by :mod:`tasks.retry`).
@@ -199,8 +213,6 @@ async def apply_manifests(
 
 # -- Remote secrets: the istio-reader identity and its token kubeconfig ---------------------
 
-READER_NAMESPACE = "istio-system"
-READER_TOKEN_SECRET = "istio-reader-service-account-istio-remote-secret-token"  # noqa: S105
 TOKEN_WAIT = 30.0
 
 
@@ -209,7 +221,7 @@ def reader_token(api: k8s.ApiClient, *, cluster: str) -> tuple[str, bytes]:
 
     Held in memory by the caller only; never returned from a task.
     """
-    path = f"/api/v1/namespaces/{READER_NAMESPACE}/secrets/{READER_TOKEN_SECRET}"
+    path = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{READER_TOKEN_SECRET}"
     deadline = time.monotonic() + TOKEN_WAIT
     while True:
         secret = request_json(api, "GET", path) or {}
@@ -287,7 +299,7 @@ def _access_review(api: k8s.ApiClient, verb: str, group: str, resource: str) -> 
 
 def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
     """Use the remote secret for ``source`` stored in ``target`` exactly as istiod would."""
-    path = f"/api/v1/namespaces/{READER_NAMESPACE}/secrets/istio-remote-secret-{source}"
+    path = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{remote_secret_name(source)}"
     stored = request_json(api_client(target_block), "GET", path)
     if stored is None:
         return RemoteAccess(source=source, target=target, present=False, reachable=False,
@@ -342,7 +354,7 @@ def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -
         request_json(
             api,
             "GET",
-            f"/api/v1/namespaces/{READER_NAMESPACE}/pods",
+            f"/api/v1/namespaces/{ISTIO_NAMESPACE}/pods",
             query={"labelSelector": f"app=istiod,istio.io/rev={revision}"},
         )
         or {}
@@ -354,7 +366,7 @@ def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -
         return DataPlaneCheck(cluster=cluster, check="istiod sync", status="not run",
                               detail="no running istiod (no nodes to run pods)")  # fmt: skip
     name = running[0]["metadata"]["name"]
-    proxy = f"/api/v1/namespaces/{READER_NAMESPACE}/pods/{name}:15014/proxy/debug/clusterz"
+    proxy = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/pods/{name}:15014/proxy/debug/clusterz"
     reply = request_json(api, "GET", proxy)
     clusters: list[Any] = reply if isinstance(reply, list) else []
     status = {str(c.get("ID")): str(c.get("SyncStatus", "")) for c in clusters}
