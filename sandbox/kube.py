@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from meshflow.cache import cache_root
 from sandbox import certs, processes
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,9 @@ class SandboxError(RuntimeError):
     """The local sandbox could not be built, started or reached."""
 
 
-def cache_dir() -> Path:
-    """Where built binaries are cached (outside the repository)."""
-    return Path(os.environ.get("MESHFLOW_CACHE", Path.home() / ".cache" / "meshflow"))
-
-
 def binaries_dir() -> Path:
     """The folder holding ``kube-apiserver`` and ``kube-controller-manager``."""
-    return cache_dir() / f"kube-{KUBE_VERSION}" / "bin"
+    return cache_root() / f"kube-{KUBE_VERSION}" / "bin"
 
 
 def ensure_binaries() -> Path:

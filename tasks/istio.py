@@ -53,8 +53,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from meshflow import istioctl as rel
+from meshflow.cache import cache_root
 from meshflow.kubeconfig import KubeconfigError, access_kubeconfig, parse_kubeconfig
-from meshflow.manifests import istio_operator_files, istioctl_install_flags, istiod_deployment_name
+from meshflow.manifests import (
+    ISTIO_NAMESPACE,
+    istio_operator_files,
+    istioctl_install_flags,
+    istiod_deployment_name,
+)
 from meshflow.spec import MeshSpec
 from tasks.aks import cluster_access
 from tasks.kube import api_client, apply_object, request_json
@@ -453,11 +459,6 @@ INSTALL_RECORD = "meshflow-istio-install"
 INSTALL_TIMEOUT = 600.0
 
 
-def cache_root() -> Path:
-    """Where downloads are cached (``$MESHFLOW_CACHE``, default ``~/.cache/meshflow``)."""
-    return Path(os.environ.get("MESHFLOW_CACHE", Path.home() / ".cache" / "meshflow"))
-
-
 class IstioInstall(BaseModel):
     """What ``install-istio`` did on one cluster."""
 
@@ -482,7 +483,7 @@ def _record(revision: str, version: str, digest: str) -> dict[str, object]:
         "kind": "ConfigMap",
         "metadata": {
             "name": INSTALL_RECORD,
-            "namespace": "istio-system",
+            "namespace": ISTIO_NAMESPACE,
             "labels": {"app.kubernetes.io/managed-by": "meshflow"},
         },
         "data": {"revision": revision, "version": version, "digest": digest},
@@ -501,12 +502,12 @@ def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioIns
     rev, version = spec.istio_revision, spec.istio_version
     api = api_client(aks_block)
     record = request_json(
-        api, "GET", f"/api/v1/namespaces/istio-system/configmaps/{INSTALL_RECORD}"
+        api, "GET", f"/api/v1/namespaces/{ISTIO_NAMESPACE}/configmaps/{INSTALL_RECORD}"
     )
     istiod = request_json(
         api,
         "GET",
-        f"/apis/apps/v1/namespaces/istio-system/deployments/{istiod_deployment_name(rev)}",
+        f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{istiod_deployment_name(rev)}",
     )
     done = record is not None and (record.get("data") or {}).get("digest") == digest
     if done and istiod is not None:
