@@ -70,11 +70,6 @@ class Sandbox:
             return None
         return dict(json.loads(self.state_file.read_text()))
 
-    def clusters(self) -> list[LocalCluster]:
-        """The recorded clusters."""
-        state = self.state() or {}
-        return [LocalCluster.from_json(c) for c in state.get("clusters", [])]
-
     # -- up ---------------------------------------------------------------------------------
 
     def _start_emulator(self, clusters: list[LocalCluster]) -> Endpoint:
@@ -153,10 +148,6 @@ class Sandbox:
         (self.root / "mesh.yaml").write_text(spec.to_yaml())
 
     # -- status and down --------------------------------------------------------------------
-
-    def pids(self) -> list[int]:
-        """Every PID recorded in the state (clusters, emulator, Prefect server)."""
-        return [pid for pid, _ in self._recorded()]
 
     def _recorded(self) -> list[tuple[int, str]]:
         state = self.state() or {}
