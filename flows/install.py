@@ -86,13 +86,17 @@ class MeshReport(BaseModel):
             d.status != "failed" for d in self.data_plane
         )
 
+    def readable_into(self, cluster: str) -> int:
+        """How many remote secrets stored in ``cluster`` reach their source with reader rights."""
+        return sum(a.read_ok for a in self.access if a.target == cluster)
+
     def markdown(self) -> str:
         """The mesh as a table: per cluster the revision, remote secrets, reader access, sync."""
         peers = len(self.clusters) - 1
         rows = []
         for c in self.clusters:
             present = sum(a.present for a in self.access if a.target == c.cluster)
-            readable = sum(a.read_ok for a in self.access if a.target == c.cluster)
+            readable = self.readable_into(c.cluster)
             sync = _status(self.data_plane, c.cluster, "istiod sync")
             rows.append(
                 f"| {c.cluster} | {c.istio.revision} ({c.istio.action}) | {present}/{peers} "

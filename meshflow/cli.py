@@ -154,8 +154,7 @@ def install(env: EnvOption = "sandbox") -> None:
     typer.echo(f"mesh {report.environment} (Istio revision {report.revision}):")
     peers = len(report.clusters) - 1
     for c in report.clusters:
-        readable = sum(a.read_ok for a in report.access if a.target == c.cluster)
-        secrets = f"remote secrets {readable}/{peers} readable"
+        secrets = f"remote secrets {report.readable_into(c.cluster)}/{peers} readable"
         typer.echo(f"  {c.cluster:<15} istio {c.istio.action:<9} {secrets}")
     for d in report.data_plane:
         typer.echo(f"  {d.check} on {d.cluster}: {d.status}: {d.detail}")
