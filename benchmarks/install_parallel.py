@@ -49,14 +49,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.install import _pairs, _validate, install_cluster, install_mesh
 from flows.pki import ensure_mesh_pki
 from meshflow.spec import MeshSpec
+from sandbox import ISTIOCTL_STANDIN, kube, postgres, processes
 from sandbox import environment as env
-from sandbox import kube, postgres, processes
 from sandbox.azure.admin import EmulatorAdmin, start_emulator_process
 from sandbox.prefect_server import start_prefect_server
 from tasks.aks import forget_credentials
 from tasks.kube import exchange_remote_secret
 
-REPO = Path(__file__).resolve().parent.parent
 MESH_OBJECTS = ("istio-root-ca", "root-cert", "echoserver", "frontend-certificate")
 
 
@@ -270,7 +269,7 @@ def main() -> None:
     """Start everything, measure on each database, stop everything."""
     # SIGTERM (a CI timeout, `kill`) becomes SystemExit so the clean-up below still runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    os.environ.setdefault("MESHFLOW_ISTIOCTL", str(REPO / "sandbox" / "bin" / "istioctl"))
+    os.environ.setdefault("MESHFLOW_ISTIOCTL", str(ISTIOCTL_STANDIN))
     os.environ["MESHFLOW_STANDIN_INSTALL_SECONDS"] = "4"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="meshflow-bench-"))

@@ -166,8 +166,9 @@ def install(env: EnvOption = "sandbox") -> None:
 def _use_sandbox_istioctl(env: str) -> None:
     # The sandbox cannot download istioctl: use the labelled stand-in unless told otherwise.
     if env == "sandbox":
-        standin = Path(__file__).resolve().parent.parent / "sandbox" / "bin" / "istioctl"
-        os.environ.setdefault("MESHFLOW_ISTIOCTL", str(standin))
+        from sandbox import ISTIOCTL_STANDIN
+
+        os.environ.setdefault("MESHFLOW_ISTIOCTL", str(ISTIOCTL_STANDIN))
 
 
 @pki_app.command("ensure")

@@ -19,8 +19,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from meshflow.spec import MeshSpec, PkiSettings
+from sandbox import ISTIOCTL_STANDIN, kube, processes
 from sandbox import environment as env
-from sandbox import kube, processes
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer, start_prefect_server
 
@@ -87,7 +87,7 @@ def mesh_env(
     Prefect server, istioctl the sandbox's stand-in. RSA 2048 CAs keep the PKI tests fast; the
     profile is otherwise Istio's.
     """
-    os.environ["MESHFLOW_ISTIOCTL"] = str(Path(__file__).parent.parent / "sandbox/bin/istioctl")
+    os.environ["MESHFLOW_ISTIOCTL"] = str(ISTIOCTL_STANDIN)
     return env.wire_environment(
         azure_emulator, kube_clusters, environment="e2e", pki=PkiSettings(ca_key_size=2048)
     )

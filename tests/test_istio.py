@@ -24,13 +24,13 @@ import yaml
 from kubernetes import client, config
 
 from meshflow import istioctl as rel
+from sandbox import ISTIOCTL_STANDIN, kube
 from sandbox import istioctl_standin as standin
-from sandbox import kube
 from tasks import istio
 from tasks.retry import is_transient
 
 REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "sandbox" / "bin" / "istioctl"
+STANDIN = ISTIOCTL_STANDIN
 VERSION = "1.27.3"
 ASSET = f"istioctl-{VERSION}-linux-amd64.tar.gz"
 FAKE_ISTIOCTL = b'#!/bin/sh\necho fake istioctl "$@"\n'
