@@ -66,7 +66,19 @@ def spawn(
             env=child_env,
             start_new_session=True,
         )
+    _await_marker(proc, marker)
     return Started(name=name, pid=proc.pid, marker=marker, log=log)
+
+
+def _await_marker(proc: subprocess.Popen[bytes], marker: str, timeout: float = 5.0) -> None:
+    # Right after exec, /proc/<pid>/environ can still read empty (measured: 1 spawn in 5), and
+    # a check then would take a starting process for a dead one and never stop it. Wait until
+    # the marker shows, or the process has exited.
+    deadline = time.monotonic() + timeout
+    while _marker_of(proc.pid) != marker and proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise OSError(f"process {proc.pid} ({proc.args!r}) shows no {MARKER_VAR} after exec")
+        time.sleep(0.001)
 
 
 def _marker_of(pid: int) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -158,3 +159,19 @@ def test_stop_leaves_no_process(tmp_path: Any) -> None:
     assert len(processes.running_under(str(tmp_path))) >= 3
     cluster.stop()
     assert processes.running_under(str(tmp_path)) == []
+
+
+def test_a_process_is_recognised_as_ours_as_soon_as_spawn_returns(tmp_path: Any) -> None:
+    # Regression: /proc/<pid>/environ can read empty right after exec (about 1 Python start in
+    # 5 here); a "did it start?" check then saw no marker and never stopped the process.
+    marker = str(tmp_path)
+    try:
+        for _ in range(30):
+            started = processes.spawn(
+                "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                log=tmp_path / "sleeper.log", marker=marker, cwd=tmp_path,
+            )  # fmt: skip
+            assert processes.is_running(started.pid, marker)
+    finally:
+        processes.stop(processes.running_under(marker))
+    assert processes.running_under(marker) == []
