@@ -66,6 +66,11 @@ def describe(ref: ObjectRef, cert: x509.Certificate) -> ObjectRef:
     )
 
 
+def public_cert(cert: KeyVaultCertificate) -> x509.Certificate:
+    """The X.509 certificate of a Key Vault certificate version (public part; no key read)."""
+    return x509.load_der_x509_certificate(bytes(cert.cer or b""))
+
+
 def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
     """A reference to a Key Vault certificate version."""
     ref = ObjectRef(
@@ -74,7 +79,7 @@ def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
         version=str(cert.properties.version if cert.properties else ""),
         written=written,
     )
-    return describe(ref, x509.load_der_x509_certificate(bytes(cert.cer or b"")))
+    return describe(ref, public_cert(cert))
 
 
 @contextmanager
@@ -125,7 +130,9 @@ def load_cert_key(client: SecretClient, cert: KeyVaultCertificate) -> pki.CertKe
     value = secret.value or ""
     try:
         if secret.properties.content_type == PEM_CONTENT_TYPE:
-            return pki.load_cert_key_pair(value.encode(), value.encode())
+            # Keys in the mesh vault are meshflow's own, and what they sign is verified before
+            # it is stored (tasks.pki), so the slow RSA consistency check is skipped.
+            return pki.load_cert_key_pair(value.encode(), value.encode(), trusted=True)
         return pki.from_pkcs12(base64.b64decode(value)).pair
     except ValueError as exc:
         raise KeyVaultError(f"certificate {name!r}: its key and certificate do not parse") from exc
@@ -137,24 +144,26 @@ def import_cert_key(
     pair: pki.CertKeyPair,
     *,
     tags: Mapping[str, str],
+    pem: bool = False,
 ) -> ObjectRef:
-    """Import ``pair`` as a new version of certificate ``name`` (exportable PKCS#12).
+    """Import ``pair`` as a new version of certificate ``name`` (exportable PKCS#12, or PEM).
 
-    The key travels to Key Vault once, inside the PKCS#12 blob, and is not kept.
+    The key travels to Key Vault once, inside the blob, and is not kept. PEM (key then
+    certificate, content type ``application/x-pem-file``) is for objects only meshflow reads:
+    it loads in microseconds where PKCS#12 costs a full RSA key check.
     """
     key_size = getattr(pair.key, "key_size", None)
     policy = CertificatePolicy(
         issuer_name="Unknown",
         subject=pair.cert.subject.rfc4514_string(),
-        content_type=CertificateContentType.pkcs12,
+        content_type=CertificateContentType.pem if pem else CertificateContentType.pkcs12,
         exportable=True,
         key_type=KeyType.rsa,
         key_size=key_size,
         reuse_key=False,
     )
-    imported = client.import_certificate(
-        name, pki.to_pkcs12(pair, name=name), policy=policy, enabled=True, tags=dict(tags)
-    )
+    blob = pki.pem_bundle(pair) if pem else pki.to_pkcs12(pair, name=name)
+    imported = client.import_certificate(name, blob, policy=policy, enabled=True, tags=dict(tags))
     return cert_ref(imported, written=True)
 
 

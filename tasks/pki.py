@@ -2,7 +2,8 @@
 
 Objects (names fixed by the SecretProviderClass of step 04 and the App Gateway of step 17):
 
-- certificate ``istio-root-ca``: the root CA **with its key**, exportable. The seed keeps the root
+- certificate ``istio-root-ca``: the root CA **with its key**, exportable, imported as PEM (only
+  meshflow reads it, and PEM loads without PKCS#12's slow key check). The seed keeps the root
   key offline, but rotation must sign new intermediates, so meshflow keeps it in Key Vault. Only
   the deployer identity may read it: put it in a separate vault (``root_key_vault_block``) whose
   access policy names the deployer alone, because the clusters' secrets-provider identities get
@@ -16,7 +17,11 @@ Objects (names fixed by the SecretProviderClass of step 04 and the App Gateway o
 Every task is idempotent: it reads first and writes only what is absent, invalid, expiring
 within the threshold or signed by another root; a second run writes nothing. Writes go key-first
 (the certificate holding the key, then the public secret), so a crash between them is repaired
-by the next run instead of leaving a chain that no key backs. Keys are generated and used in
+by the next run instead of leaving a chain that no key backs. Checks read public certificates
+only (Key Vault binds each certificate version to the key imported with it); the root's key is
+read, and matched to its certificate, only when something must be signed, and whatever it signs
+is verified against the root before it is stored. Loading a 4096-bit key costs about 0.25 s of
+CPU (OpenSSL's key check), so a converged run reads no key at all. Keys are generated and used in
 memory inside one task; tasks return :class:`~tasks.keyvault.ObjectRef` values only. Retries:
 transient Key Vault errors only (see :mod:`tasks.retry`).
 """
@@ -29,7 +34,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.keyvault.certificates import CertificateClient, CertificatePolicy
+from azure.keyvault.certificates import CertificateClient, CertificatePolicy, KeyVaultCertificate
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -57,6 +62,7 @@ from tasks.keyvault import (
     get_secret_value,
     import_cert_key,
     load_cert_key,
+    public_cert,
     vault_clients,
 )
 from tasks.retry import TRANSIENT_RETRIES
@@ -75,19 +81,41 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _load_root(vault: KeyVault) -> pki.CertKeyPair:
-    with vault_clients(vault) as (secrets, certs):
-        cert = get_certificate(certs, ROOT_CA)
-        if cert is None:
-            raise RootCaError(
-                f"Key Vault {vault.vault_name!r} has no root CA {ROOT_CA!r}; "
-                "run the ensure-mesh-pki flow first"
-            )
-        return load_cert_key(secrets, cert)
+def _root_vault(vault: KeyVault, root_key_vault_block: str | None) -> KeyVault:
+    return load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault
 
 
-def _root_problems(pair: pki.CertKeyPair, now: dt.datetime) -> list[str]:
-    report = pki.inspect_bundle(pair.cert, key=pair.key, roots=[pair.cert], now=now, expect_ca=True)
+def _stored_root(vault: KeyVault) -> KeyVaultCertificate:
+    with vault_clients(vault) as (_, certs):
+        stored = get_certificate(certs, ROOT_CA)
+    if stored is None:
+        raise RootCaError(
+            f"Key Vault {vault.vault_name!r} has no root CA {ROOT_CA!r}; "
+            "run the ensure-mesh-pki flow (meshflow pki ensure) first"
+        )
+    return stored
+
+
+def _root_signer(vault: KeyVault, stored: KeyVaultCertificate) -> pki.CertKeyPair:
+    """The root with its key, read only when something must be signed (it is slow to parse)."""
+    with vault_clients(vault) as (secrets, _):
+        pair = load_cert_key(secrets, stored)
+    if not pair.key_matches():
+        raise RootCaError(
+            f"root CA {ROOT_CA!r} in Key Vault {vault.vault_name!r} does not match its key; "
+            "meshflow will not sign with it. Restore the root from backup."
+        )
+    return pair
+
+
+def _issued(issued: pki.CertKeyPair, root: x509.Certificate) -> pki.CertKeyPair:
+    """``issued``, once its signature verifies against the published root (sign, then check)."""
+    pki.verify_signed_by(issued.cert, root)
+    return issued
+
+
+def _root_problems(root: x509.Certificate, now: dt.datetime) -> list[str]:
+    report = pki.inspect_bundle(root, roots=[root], now=now, expect_ca=True)
     return list(report.problems)
 
 
@@ -137,13 +165,13 @@ def _ensure_root_ca(
 
     Raises:
         RootCaError: the root is missing while ``root-cert`` or intermediates exist (a second
-            root would split the mesh's trust), or the stored root is invalid or does not match
-            its key. Nothing is overwritten in either case.
+            root would split the mesh's trust), or the stored root certificate is invalid.
+            Nothing is overwritten in either case.
     """
     vault = load_block(KeyVault, key_vault_block)
-    root_vault = load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault
+    root_vault = _root_vault(vault, root_key_vault_block)
     now = _now()
-    with vault_clients(root_vault) as (root_secrets, root_certs):
+    with vault_clients(root_vault) as (_, root_certs):
         stored = get_certificate(root_certs, ROOT_CA)
         if stored is None:
             with vault_clients(vault) as (secrets, certs):
@@ -158,10 +186,12 @@ def _ensure_root_ca(
             pair = pki.generate_root_ca(
                 now=now, key_size=settings.ca_key_size, days=settings.root_days
             )
-            root_ref = import_cert_key(root_certs, ROOT_CA, pair, tags=TAGS)
+            root_ref = import_cert_key(root_certs, ROOT_CA, pair, tags=TAGS, pem=True)
+            root = pair.cert
         else:
-            pair = load_cert_key(root_secrets, stored)
-            problems = _root_problems(pair, now)
+            # The public certificate suffices here; the key is checked when it signs.
+            root = public_cert(stored)
+            problems = _root_problems(root, now)
             if problems:
                 raise RootCaError(
                     f"root CA {ROOT_CA!r} in Key Vault {root_vault.vault_name!r} is unusable: "
@@ -170,7 +200,7 @@ def _ensure_root_ca(
                 )
             root_ref = cert_ref(stored, written=False)
     with vault_clients(vault) as (secrets, _):
-        pem_ref = _ensure_root_pem(secrets, vault, pair.cert)
+        pem_ref = _ensure_root_pem(secrets, vault, root)
     return [root_ref, pem_ref]
 
 
@@ -186,42 +216,43 @@ def _ensure_intermediate_ca(
     ``settings.rotation_threshold_days`` of expiry; the old version stays readable in Key Vault.
     """
     vault = load_block(KeyVault, key_vault_block)
-    root = _load_root(load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault)
+    root_vault = _root_vault(vault, root_key_vault_block)
+    stored_root = _stored_root(root_vault)
+    root = public_cert(stored_root)
     now = _now()
     name = ca_certificate_name(cluster)
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
-        pair = load_cert_key(secrets, stored) if stored is not None else None
-        if stored is None or pair is None or _reissue_reason(pair, root, now, settings):
-            pair = pki.generate_intermediate_ca(
-                root,
+        if stored is None or _reissue_reason(public_cert(stored), root, now, settings):
+            issued = pki.generate_intermediate_ca(
+                _root_signer(root_vault, stored_root),
                 cluster=cluster,
                 now=now,
                 key_size=settings.ca_key_size,
                 days=settings.intermediate_days,
             )
-            cert = import_cert_key(certs, name, pair, tags=TAGS | {"cluster": cluster})
+            ca = _issued(issued, root).cert
+            cert = import_cert_key(certs, name, issued, tags=TAGS | {"cluster": cluster})
         else:
+            ca = public_cert(stored)
             cert = cert_ref(stored, written=False)
-        chain = pki.cert_chain_pem(pair.cert, root.cert).decode()
         chain_ref = ensure_secret_value(
             secrets,
             cert_chain_secret_name(cluster),
-            chain,
+            pki.cert_chain_pem(ca, root).decode(),
             content_type=PEM_CONTENT_TYPE,
             tags=TAGS | {"cluster": cluster},
         )
-    return [cert, describe(chain_ref, pair.cert)]
+    return [cert, describe(chain_ref, ca)]
 
 
 def _reissue_reason(
-    pair: pki.CertKeyPair, root: pki.CertKeyPair, now: dt.datetime, settings: PkiSettings
+    cert: x509.Certificate, root: x509.Certificate, now: dt.datetime, settings: PkiSettings
 ) -> str | None:
-    if not pair.key_matches():
-        return "its key does not match its certificate"
-    if not pki.signed_by(pair.cert, root.cert):
+    # The key is not read: Key Vault binds each certificate version to the key imported with it.
+    if not pki.signed_by(cert, root):
         return "it is not signed by the current root"
-    if pki.rotation_due(pair.cert, now=now, threshold_days=settings.rotation_threshold_days):
+    if pki.rotation_due(cert, now=now, threshold_days=settings.rotation_threshold_days):
         return f"it expires within {settings.rotation_threshold_days} days"
     return None
 
@@ -234,19 +265,25 @@ def _ensure_ingress_certificate(
 ) -> ObjectRef:
     """Ensure certificate ``echoserver``: the ingress backend leaf signed by the root (step 19)."""
     vault = load_block(KeyVault, key_vault_block)
-    root = _load_root(load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault)
+    root_vault = _root_vault(vault, root_key_vault_block)
+    stored_root = _stored_root(root_vault)
+    root = public_cert(stored_root)
     now = _now()
-    with vault_clients(vault) as (secrets, certs):
+    with vault_clients(vault) as (_, certs):
         stored = get_certificate(certs, INGRESS_CERT)
         if stored is not None:
-            pair = load_cert_key(secrets, stored)
-            fresh = _reissue_reason(pair, root, now, settings) is None
-            if fresh and f"DNS:{host}" in pki.san_strings(pair.cert):
+            current = public_cert(stored)
+            fresh = _reissue_reason(current, root, now, settings) is None
+            if fresh and f"DNS:{host}" in pki.san_strings(current):
                 return cert_ref(stored, written=False)
         leaf = pki.generate_ingress_leaf(
-            root, now=now, host=host, key_size=settings.leaf_key_size, days=settings.leaf_days
+            _root_signer(root_vault, stored_root),
+            now=now,
+            host=host,
+            key_size=settings.leaf_key_size,
+            days=settings.leaf_days,
         )
-        return import_cert_key(certs, INGRESS_CERT, leaf, tags=TAGS)
+        return import_cert_key(certs, INGRESS_CERT, _issued(leaf, root), tags=TAGS)
 
 
 def _ensure_frontend_certificate(
@@ -273,8 +310,9 @@ def _ensure_frontend_certificate(
                 return cert_ref(stored, written=False)
             return import_cert_key(certs, FRONTEND_CERT, wanted, tags=TAGS)
         if stored is not None:
-            parsed = x509.load_der_x509_certificate(bytes(stored.cer or b""))
-            due = pki.rotation_due(parsed, now=now, threshold_days=settings.rotation_threshold_days)
+            due = pki.rotation_due(
+                public_cert(stored), now=now, threshold_days=settings.rotation_threshold_days
+            )
             if not due:
                 return cert_ref(stored, written=False)
         poller = certs.begin_create_certificate(

@@ -368,12 +368,22 @@ def test_load_cert_key_pair_accepts_encrypted_and_traditional_keys(leaf: CertKey
     assert pki.load_cert_key_pair(leaf.cert_pem(), traditional).key_matches()
 
 
+@pytest.mark.parametrize("trusted", [False, True])
 def test_load_cert_key_pair_rejects_a_foreign_key(
-    intermediate: CertKeyPair, leaf: CertKeyPair
+    intermediate: CertKeyPair, leaf: CertKeyPair, trusted: bool
 ) -> None:
     with pytest.raises(PkiError, match="does not match certificate") as info:
-        pki.load_cert_key_pair(intermediate.cert_pem(), leaf.key_pem())
+        pki.load_cert_key_pair(intermediate.cert_pem(), leaf.key_pem(), trusted=trusted)
     assert "PRIVATE KEY" not in str(info.value)
+
+
+def test_trusted_load_skips_only_the_consistency_check(small_ca: CertKeyPair) -> None:
+    pem = pki.pem_bundle(small_ca)  # key then certificate, as Key Vault serves PEM certificates
+    loaded = pki.load_cert_key_pair(pem, pem, trusted=True)
+    assert isinstance(loaded.key, rsa.RSAPrivateKey)
+    assert isinstance(small_ca.key, rsa.RSAPrivateKey)
+    assert loaded.key.private_numbers() == small_ca.key.private_numbers()
+    assert loaded.cert == small_ca.cert
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from azure.keyvault.certificates import CertificateContentType
 from cryptography import x509
 from prefect.logging.handlers import APILogHandler
 
+from blocks import KeyVault, load_block
 from flows.pki import ensure_mesh_pki
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox.azure import AzureEmulator
@@ -67,12 +69,24 @@ def test_first_run_creates_exactly_the_documented_objects(
     assert set_secrets == sorted(
         ["root-cert", *[f"{c.name}-cert-chain" for c in clean_vault.clusters]]
     )
+    # The CSI driver reads the intermediates as PKCS#12 (step 03); only meshflow reads the root.
+    certs = load_block(KeyVault, clean_vault.key_vault_block).certificate_client()
+    assert certs.get_certificate_policy(ROOT_CA).content_type == CertificateContentType.pem
+    for c in cluster_certs:
+        assert certs.get_certificate_policy(c).content_type == CertificateContentType.pkcs12
 
 
-def test_second_run_writes_nothing(clean_vault: MeshSpec, emulator: AzureEmulator) -> None:
+def test_second_run_writes_nothing_and_reads_no_private_key(
+    clean_vault: MeshSpec, emulator: AzureEmulator
+) -> None:
     report = asyncio.run(ensure_mesh_pki(clean_vault))
     assert report.written == []
     assert _vault_writes(emulator) == []
+    # A certificate's key is only in its backing secret (same name); checks read certificates.
+    keyed = {ROOT_CA, "echoserver", *(f"{c.name}-ca-cert" for c in clean_vault.clusters)}
+    reads = [r["path"] for r in emulator.requests_log() if r["method"] == "GET"]
+    assert [p for p in reads if p.split("/")[1:3] in (["secrets", n] for n in keyed)] == []
+    assert {f"/certificates/{n}" for n in keyed} <= {p.rstrip("/") for p in reads}
 
 
 def test_exported_public_files_verify_with_openssl(clean_vault: MeshSpec, tmp_path: Path) -> None:
@@ -97,8 +111,6 @@ def test_exported_public_files_verify_with_openssl(clean_vault: MeshSpec, tmp_pa
 def test_intermediate_within_threshold_is_reissued_and_old_version_stays_readable(
     clean_vault: MeshSpec, emulator: AzureEmulator, azure_emulator: AzureEmulator
 ) -> None:
-    from blocks import KeyVault, load_block
-
     certs = load_block(KeyVault, clean_vault.key_vault_block).certificate_client()
     first = clean_vault.clusters[0].name
     old = certs.get_certificate(f"{first}-ca-cert")
