@@ -5,19 +5,51 @@ clients for its service, so tasks never assemble endpoints or credentials themse
 sandbox differs from Azure only in the values saved in these blocks.
 """
 
+import threading
+import time
 from typing import TypeVar, cast
 
 from prefect.blocks.core import Block
+from prefect.settings import PREFECT_API_URL
 
 from blocks.aks import AksCluster
 from blocks.azure import AzureCredentials
 from blocks.keyvault import KeyVault
 
-__all__ = ["AksCluster", "AzureCredentials", "KeyVault", "load_block"]
+__all__ = ["AksCluster", "AzureCredentials", "KeyVault", "forget_blocks", "load_block"]
 
 B = TypeVar("B", bound=Block)
 
+BLOCK_REUSE_SECONDS = 15.0
+"""How long a loaded block is reused in this process before it is read from the API again."""
+
+_Key = tuple[str, str, str]  # API URL, block type slug, block name
+_loaded: dict[_Key, tuple[float, Block]] = {}
+_key_locks: dict[_Key, threading.Lock] = {}
+_guard = threading.Lock()
+
 
 def load_block(block_type: type[B], name: str) -> B:
-    """Load a saved block document, synchronously even when called from async code."""
-    return cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+    """Load a saved block document, synchronously even when called from async code.
+
+    A flow run's tasks name the same few blocks many times; each read costs an API call and a
+    new Prefect client (a TLS context, about 25 ms of CPU). So a block read in this process in
+    the last ``BLOCK_REUSE_SECONDS`` is reused (per API URL; concurrent first reads make one
+    call). A block edited in the UI is seen by runs that start after that window;
+    :func:`forget_blocks` drops them at once.
+    """
+    key = (str(PREFECT_API_URL.value() or ""), block_type.get_block_type_slug(), name)
+    with _guard:
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        hit = _loaded.get(key)
+        if hit is not None and time.monotonic() - hit[0] < BLOCK_REUSE_SECONDS:
+            return cast(B, hit[1])
+        block = cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+        _loaded[key] = (time.monotonic(), block)
+        return block
+
+
+def forget_blocks() -> None:
+    """Read every block from the API again on its next use (e.g. after saving blocks)."""
+    _loaded.clear()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from prefect.blocks.core import Block
 from pydantic import SecretStr
 
-from blocks import AksCluster, AzureCredentials, KeyVault
+from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks
 from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings
 from sandbox.azure import DEFAULT_TENANT
 from sandbox.kube import LocalCluster
@@ -38,6 +38,7 @@ def register_block_types() -> None:
 def _save(block: Block, name: str) -> None:
     # Synchronously even from async code, where Prefect would return an unawaited coroutine.
     block.save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+    forget_blocks()
 
 
 def sandbox_spec(

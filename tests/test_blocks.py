@@ -6,10 +6,11 @@ import json
 import urllib.request
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from blocks import AksCluster, AzureCredentials, KeyVault
+from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks, load_block
 from sandbox.prefect_server import PrefectServer
 
 SECRET = "sp-secret-value-do-not-show"
@@ -73,6 +74,36 @@ def test_nested_blocks_round_trip_and_keep_the_secret_hidden(
     listed = _api_get_post(prefect_server, "/block_documents/filter")
     assert SECRET not in json.dumps(listed)
     assert SECRET not in json.dumps(_api_get(prefect_server, f"/block_documents/{kv_id}"))
+
+
+def test_load_block_reads_each_block_once_per_window_and_per_server(
+    prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import blocks
+
+    kv = KeyVault(
+        vault_name="first", vault_url="https://127.0.0.1:1/vaults/v", credentials=_creds()
+    )
+    kv.save("reuse-kv", overwrite=True)
+    forget_blocks()
+    first = load_block(KeyVault, "reuse-kv")
+    kv.model_copy(update={"vault_name": "second"}).save("reuse-kv", overwrite=True)
+    assert load_block(KeyVault, "reuse-kv") is first  # reused within the window
+    monkeypatch.setattr(blocks, "BLOCK_REUSE_SECONDS", 0.0)
+    assert load_block(KeyVault, "reuse-kv").vault_name == "second"  # window over: read again
+    monkeypatch.setattr(blocks, "BLOCK_REUSE_SECONDS", 60.0)
+    assert load_block(KeyVault, "reuse-kv").vault_name == "second"
+    kv.save("reuse-kv", overwrite=True)
+    forget_blocks()
+    assert load_block(KeyVault, "reuse-kv").vault_name == "first"  # forgotten: read again
+    # Another server is another key: its (missing) block is not served from this one's.
+    with (
+        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}),
+        pytest.raises(httpx.ConnectError),
+    ):
+        load_block(KeyVault, "reuse-kv")
 
 
 def test_blocks_build_clients_for_their_endpoints() -> None:
