@@ -1,12 +1,16 @@
-"""Install the mesh: PKI → one sub-flow per cluster, concurrently → join → validate.
+"""Install the mesh: root CA → one sub-flow per cluster, concurrently → join → validate.
 
-Reads like the runbook (steps 01-11 of ``shared/SYSTEM.md``):
+Reads like the runbook (steps 01-11 of ``shared/SYSTEM.md``); each step waits only for what it
+needs, so the slow cloud calls of different steps overlap:
 
-1. ``ensure-mesh-pki``: root CA, intermediates and ingress certificates in Key Vault.
-2. ``install-cluster`` for every cluster at once: credentials (01), namespaces and the
-   SecretProviderClass (04, 05), Istio (06, 07), the istio-reader identity (08, source side) and
-   the sample workload (10). Async sub-flows gathered with ``asyncio.gather`` run concurrently.
-   Each takes ``(spec, cluster)`` so it can also run as its own deployment on a work pool.
+1. ``ensure-root-ca``: the mesh's one trust anchor (02-03), before anything is signed.
+2. At once: the ingress certificates (16, 19; used only by the ingress steps) and
+   ``install-cluster`` for every cluster: credentials (01), namespaces and the
+   SecretProviderClass (04, 05) while the cluster's intermediate CA is ensured in Key Vault
+   (02-03), then Istio (06, 07), which mounts that CA, the istio-reader identity (08, source
+   side) and the sample workload (10). Async sub-flows gathered with ``asyncio.gather`` run
+   concurrently. Each takes ``(spec, cluster)`` so it can also run as its own deployment on a
+   work pool.
 3. Join: every ordered pair exchanges a remote secret (08), all pairs at once.
 4. Join: validation (09) with each remote secret's own kubeconfig, istiod sync where istiod runs,
    and the cross-cluster call (11) where there are nodes; otherwise "not run" with the reason.
@@ -23,12 +27,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
-from flows.pki import PkiReport, ensure_mesh_pki
+from flows.pki import PkiReport, publish_pki_report
 from meshflow.manifests import post_install_manifests, pre_install_manifests
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
 from tasks.istio import IstioInstall, install_istio
-from tasks.keyvault import describe_key_vault
+from tasks.keyvault import ObjectRef, describe_key_vault
 from tasks.kube import (
     Applied,
     DataPlaneCheck,
@@ -39,6 +43,12 @@ from tasks.kube import (
     check_remote_secret,
     exchange_remote_secret,
 )
+from tasks.pki import (
+    ensure_frontend_certificate,
+    ensure_ingress_certificate,
+    ensure_intermediate_ca,
+    ensure_root_ca,
+)
 
 
 class ClusterInstall(BaseModel):
@@ -47,14 +57,17 @@ class ClusterInstall(BaseModel):
     model_config = ConfigDict(frozen=True)
     cluster: str
     server: str
+    ca: tuple[ObjectRef, ...]
     istio: IstioInstall
     applied: tuple[Applied, ...]
 
     @property
     def writes(self) -> int:
-        """Objects created or updated (0 on a converged re-run)."""
-        return sum(a.action != "unchanged" for a in self.applied) + (
-            self.istio.action != "unchanged"
+        """Objects created or updated, its CA's Key Vault versions included (0 when converged)."""
+        return (
+            sum(o.written for o in self.ca)
+            + sum(a.action != "unchanged" for a in self.applied)
+            + (self.istio.action != "unchanged")
         )
 
 
@@ -64,7 +77,7 @@ class MeshReport(BaseModel):
     model_config = ConfigDict(frozen=True)
     environment: str
     revision: str
-    pki_new_versions: int
+    shared_pki: tuple[ObjectRef, ...]  # root, root-cert, ingress certificates (not per cluster)
     clusters: tuple[ClusterInstall, ...]
     remote_secrets: tuple[Applied, ...]
     access: tuple[RemoteAccess, ...]
@@ -74,7 +87,7 @@ class MeshReport(BaseModel):
     def writes(self) -> int:
         """Everything this run created or updated, PKI included."""
         return (
-            self.pki_new_versions
+            sum(o.written for o in self.shared_pki)
             + sum(c.writes for c in self.clusters)
             + sum(s.action != "unchanged" for s in self.remote_secrets)
         )
@@ -85,6 +98,12 @@ class MeshReport(BaseModel):
         return all(a.read_ok for a in self.access) and all(
             d.status != "failed" for d in self.data_plane
         )
+
+    @property
+    def pki(self) -> PkiReport:
+        """Every PKI object of the mesh: the shared ones and each cluster's CA."""
+        per_cluster = (ref for c in self.clusters for ref in c.ca)
+        return PkiReport(environment=self.environment, objects=(*self.shared_pki, *per_cluster))
 
     def readable_into(self, cluster: str) -> int:
         """How many remote secrets stored in ``cluster`` reach their source with reader rights."""
@@ -122,8 +141,25 @@ def _status(checks: Iterable[DataPlaneCheck], cluster: str, check: str) -> str:
 
 @flow(name="install-cluster")
 async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
-    """Steps 01, 04-07, 08 (source side) and 10 on one cluster. Idempotent."""
+    """Steps 01-07, 08 (source side) and 10 on one cluster. Idempotent.
+
+    The cluster's intermediate CA is ensured while its credentials and namespaces are set up;
+    Istio waits for both, because istiod mounts that CA through the SecretProviderClass.
+    """
     c = spec.cluster(cluster)
+    ca, (server, applied) = await asyncio.gather(
+        ensure_intermediate_ca(spec.key_vault_block, c.name, spec.pki, spec.root_key_vault_block),
+        _prepare_cluster(spec, c),
+    )
+    istio = await install_istio(c.aks_block, c.name, spec)
+    applied += await apply_manifests(c.aks_block, c.name, post_install_manifests(spec, c))
+    return ClusterInstall(
+        cluster=c.name, server=server, ca=tuple(ca), istio=istio, applied=tuple(applied)
+    )
+
+
+async def _prepare_cluster(spec: MeshSpec, c: ClusterSpec) -> tuple[str, list[Applied]]:
+    """Credentials (01), then namespaces and the SecretProviderClass (04, 05)."""
     creds, facts, vault = await asyncio.gather(
         get_cluster_credentials(c.aks_block),
         describe_aks_cluster(c.aks_block),
@@ -131,7 +167,7 @@ async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
     )
     if not facts.secrets_provider_client_id:
         raise AksError(
-            f"cluster {cluster!r} has no Key Vault Secrets Provider identity; enable the "
+            f"cluster {c.name!r} has no Key Vault Secrets Provider identity; enable the "
             "azure-keyvault-secrets-provider add-on (the Terraform module does)"
         )
     pre = pre_install_manifests(
@@ -141,10 +177,7 @@ async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
         tenant_id=vault.tenant_id,
         identity_client_id=facts.secrets_provider_client_id,
     )
-    applied = await apply_manifests(c.aks_block, c.name, pre)
-    istio = await install_istio(c.aks_block, c.name, spec)
-    applied += await apply_manifests(c.aks_block, c.name, post_install_manifests(spec, c))
-    return ClusterInstall(cluster=c.name, server=creds.server, istio=istio, applied=tuple(applied))
+    return creds.server, await apply_manifests(c.aks_block, c.name, pre)
 
 
 def _pairs(spec: MeshSpec) -> list[tuple[ClusterSpec, ClusterSpec]]:
@@ -172,10 +205,15 @@ async def _validate(spec: MeshSpec) -> tuple[list[RemoteAccess], list[DataPlaneC
 
 @flow(name="install-mesh")
 async def install_mesh(spec: MeshSpec) -> MeshReport:
-    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, validate."""
+    """Build the multi-primary mesh of ``spec``: root CA, clusters in parallel, join, validate."""
     logger = get_run_logger()
-    pki: PkiReport = await ensure_mesh_pki(spec)
-    clusters = await asyncio.gather(*(install_cluster(spec, c.name) for c in spec.clusters))
+    kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
+    root = await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
+    ingress, frontend, clusters = await asyncio.gather(
+        ensure_ingress_certificate(kv, settings, root_kv),
+        ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block),
+        asyncio.gather(*(install_cluster(spec, c.name) for c in spec.clusters)),
+    )
     secrets = await asyncio.gather(
         *(exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name) for s, t in _pairs(spec))
     )
@@ -183,12 +221,13 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     report = MeshReport(
         environment=spec.environment,
         revision=spec.istio_revision,
-        pki_new_versions=len(pki.written),
+        shared_pki=(*root, ingress, frontend),
         clusters=tuple(clusters),
         remote_secrets=tuple(secrets),
         access=tuple(access),
         data_plane=tuple(data_plane),
     )
+    await publish_pki_report(report.pki)
     await acreate_markdown_artifact(report.markdown(), key=f"mesh-{spec.environment}")
     logger.info(
         "mesh %s: %d clusters, %d remote secrets, %d writes, %s",

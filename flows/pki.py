@@ -67,12 +67,17 @@ async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
         signed_by_root(), ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     )
     report = PkiReport(environment=spec.environment, objects=(*chain, frontend))
+    await publish_pki_report(report)
+    return report
+
+
+async def publish_pki_report(report: PkiReport) -> None:
+    """The PKI table artifact (``mesh-pki-<env>``) and a one-line log: names and expiry only."""
     await acreate_table_artifact(
         report.table(dt.datetime.now(dt.UTC)),
-        key=f"mesh-pki-{spec.environment}",
-        description=f"Mesh PKI objects in Key Vault ({spec.environment})",
+        key=f"mesh-pki-{report.environment}",
+        description=f"Mesh PKI objects in Key Vault ({report.environment})",
     )
     get_run_logger().info(
         "mesh PKI ensured: %d objects, %d new versions", len(report.objects), len(report.written)
     )
-    return report

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from flows.install import MeshReport, install_mesh
+from flows.install import MeshReport, install_cluster, install_mesh
 from meshflow.kubeconfig import parse_kubeconfig
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import environment as env
@@ -128,6 +128,34 @@ def test_second_run_writes_nothing(
         and not r["path"].startswith("/subscriptions") and "/oauth2/" not in r["path"]
     ]  # fmt: skip
     assert vault_writes == []
+
+
+def test_pki_is_reported_once_per_object_and_each_cluster_owns_its_ca(
+    first_run: MeshReport, mesh_env: MeshSpec
+) -> None:
+    names = [o.name for o in first_run.pki.objects]
+    assert len(names) == len(set(names))
+    assert {"istio-root-ca", "root-cert", "echoserver", "frontend-certificate"} <= set(names)
+    for c in first_run.clusters:
+        assert {o.name for o in c.ca} == {f"{c.cluster}-ca-cert", f"{c.cluster}-cert-chain"}
+        assert all(o.written for o in c.ca)  # the first run issued them
+    assert first_run.writes == sum(o.written for o in first_run.pki.objects) + sum(
+        a.action != "unchanged" for c in first_run.clusters for a in c.applied
+    ) + sum(c.istio.action != "unchanged" for c in first_run.clusters) + len(
+        first_run.remote_secrets
+    )
+
+
+def test_install_cluster_runs_on_its_own_as_a_deployment_would(
+    first_run: MeshReport, mesh_env: MeshSpec
+) -> None:
+    forget_credentials()
+    alone = asyncio.run(install_cluster(mesh_env, mesh_env.clusters[1].name))
+    assert alone.writes == 0  # converged: its CA, namespaces and Istio are read, not rewritten
+    assert {o.name for o in alone.ca} == {
+        f"{alone.cluster}-ca-cert",
+        f"{alone.cluster}-cert-chain",
+    }
 
 
 def test_a_killed_run_converges_on_the_next_one(
