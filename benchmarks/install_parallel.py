@@ -11,20 +11,23 @@ Runs, each from an empty vault and fresh clusters:
 
 1. ``install_mesh`` on 1 cluster,
 2. ``install_mesh`` on 4 clusters (sub-flows gathered concurrently),
+   (1 and 2 alternate ``--repeat`` times, 3 by default; medians are compared),
 3. the same steps on 4 clusters one after another, in the seed's order,
 4. ``install_mesh`` again on the 4 installed clusters (nothing to change).
 
-The critical path is computed from the task runs Prefect recorded for run 2: the longest chain
-of dependent work (PKI, then the slowest cluster's chain, then the slowest remote-secret write,
-then the slowest check), i.e. the wall time with zero orchestration overhead.
+The critical path is computed from the task runs Prefect recorded for each run 2: the longest
+chain of dependent work (root CA; then per cluster the longer of credentials → namespaces and its
+intermediate CA, then Istio and the sample workload; then the slowest remote-secret write, then
+the slowest check), i.e. the wall time with zero orchestration overhead.
 Targets (issue 4): run 2 within 1.3x of run 1; run 2 within 1.15x of its critical path.
+``--cpu`` prints the CPU seconds each kind of process used during each run.
 
 Both Prefect server databases are measured, each in its own round: SQLite (the default) and
 PostgreSQL. On SQLite, Prefect's server answers concurrent flow-run state writes with "database
 is locked" and its client backs off for seconds (see ``sandbox/postgres.py``).
 
 Usage: ``.venv/bin/python benchmarks/install_parallel.py [--database sqlite|postgres]
-[--timeline]`` (about 6 minutes for both; needs ``make bootstrap``).
+[--repeat N] [--timeline] [--cpu]`` (about 10 minutes for both; needs ``make bootstrap``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import asyncio
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -44,10 +48,14 @@ from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentTaskRunId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.install import _pairs, _validate, install_cluster, install_mesh
-from flows.pki import ensure_mesh_pki
 from meshflow.spec import MeshSpec
 from sandbox import ISTIOCTL_STANDIN, kube, postgres, processes
 from sandbox import environment as env
@@ -55,16 +63,27 @@ from sandbox.azure.admin import EmulatorAdmin, start_emulator_process
 from sandbox.prefect_server import start_prefect_server
 from tasks.aks import forget_credentials
 from tasks.kube import exchange_remote_secret
+from tasks.pki import (
+    ensure_frontend_certificate,
+    ensure_ingress_certificate,
+    ensure_intermediate_ca,
+    ensure_root_ca,
+)
 
 MESH_OBJECTS = ("istio-root-ca", "root-cert", "echoserver", "frontend-certificate")
 
 
 @flow(name="install-mesh-sequential")
 async def install_mesh_sequential(spec: MeshSpec) -> None:
-    """The seed's order: the same steps, one cluster (and one pair) at a time."""
-    await ensure_mesh_pki(spec)
+    """The seed's order: the same steps, one at a time (PKI, then each cluster, then each pair)."""
+    kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
+    await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
     for c in spec.clusters:
-        await install_cluster(spec, c.name)
+        await ensure_intermediate_ca(kv, c.name, settings, root_kv)
+    await ensure_ingress_certificate(kv, settings, root_kv)
+    await ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
+    for c in spec.clusters:
+        await install_cluster(spec, c.name)  # its CA exists: only read here
     for s, t in _pairs(spec):
         await exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name)
     await _validate(spec)  # the checks are reads; the seed ran them as one step too
@@ -93,9 +112,17 @@ def reset_vault(emulator: EmulatorAdmin, specs: dict[str, MeshSpec]) -> None:
 async def timed(coro_fn: Any, spec: MeshSpec) -> tuple[float, UUID]:
     """Wall seconds of one flow run, and its id."""
     forget_credentials()
+    before = cpu_seconds()
     start = time.perf_counter()
     state = await coro_fn(spec, return_state=True)
     wall = time.perf_counter() - start
+    if "--cpu" in sys.argv:
+        after = cpu_seconds()
+        spent = {k: after[k] - before.get(k, 0.0) for k in after}
+        print(f"\nCPU seconds during {coro_fn.name} on {len(spec.clusters)} cluster(s), "
+              f"wall {wall:.2f} s: total {sum(spent.values()):.2f}")  # fmt: skip
+        for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+            print(f"  {kind:<32} {seconds:6.2f}")
     if not state.is_completed():
         raise RuntimeError(f"{coro_fn.name} did not complete: {state.message}")
     return wall, state.state_details.flow_run_id
@@ -107,24 +134,39 @@ def _seconds(run: Any) -> float:
 
 
 async def recorded_runs(parent_id: UUID, timeout: float = 120) -> tuple[list[Any], list[Any]]:
-    """All flow and task runs, once the server has recorded every task run under ``parent_id``.
+    """The flow run ``parent_id``, its sub-flow runs and all their task runs, once recorded.
 
     Task-run states travel as events, so they reach the server a little after the flow ends.
     """
+
+    def in_runs(ids: list[UUID]) -> FlowRunFilter:
+        return FlowRunFilter(id=FlowRunFilterId(any_=ids))
+
     deadline = time.monotonic() + timeout
     async with get_client() as client:
         while True:
-            flows = await client.read_flow_runs(limit=200)
-            tasks = await client.read_task_runs(limit=200)
-            mine = {parent_id} | {f.id for f in flows if f.parent_task_run_id is not None}
-            pending = [t for t in tasks if t.flow_run_id in mine and t.end_time is None]
-            if not pending or time.monotonic() > deadline:
-                return flows, tasks
+            parent = await client.read_flow_run(parent_id)
+            own = await client.read_task_runs(flow_run_filter=in_runs([parent_id]), limit=200)
+            subflows = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in own])
+                ),
+                limit=200,
+            )
+            ids = [parent_id, *(f.id for f in subflows)]
+            tasks = await client.read_task_runs(flow_run_filter=in_runs(ids), limit=200)
+            if all(t.end_time for t in tasks) or time.monotonic() > deadline:
+                return [parent, *subflows], tasks
             await asyncio.sleep(1)
 
 
 async def critical_path(parent_id: UUID) -> dict[str, float]:
-    """The longest dependent chain of task work under the ``install-mesh`` run ``parent_id``."""
+    """The longest dependent chain of task work under the ``install-mesh`` run ``parent_id``.
+
+    The flow's dependencies: root CA → (each cluster: max(credentials → namespaces, its
+    intermediate CA) → Istio → sample workload; the ingress certificates) → remote secrets →
+    checks.
+    """
     flows, tasks = await recorded_runs(parent_id)
     children: dict[UUID, list[Any]] = defaultdict(list)
     for t in tasks:
@@ -135,41 +177,63 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
     def longest(run_id: UUID, name: str) -> float:
         return max((_seconds(t) for t in children[run_id] if t.name.startswith(name)), default=0)
 
-    pki = next(f for f in subflows if _FLOW_NAMES.get(f.flow_id) == "ensure-mesh-pki")
-    pki_path = max(
-        longest(pki.id, "ensure-root-ca")
-        + max(longest(pki.id, "ensure-intermediate-ca"), longest(pki.id, "ensure-ingress")),
-        longest(pki.id, "ensure-frontend"),
-    )
-    cluster_paths = [
-        max(
-            longest(f.id, "get-cluster-credentials"),
-            longest(f.id, "describe-aks-cluster"),
-            longest(f.id, "describe-key-vault"),
+    def cluster_path(run_id: UUID) -> float:
+        pre, post = sorted(
+            (t for t in children[run_id] if t.name.startswith("apply-manifests")),
+            key=lambda t: t.start_time,
         )
-        + sum(_seconds(t) for t in children[f.id] if t.name.startswith("apply-manifests"))
-        + longest(f.id, "install-istio")
-        for f in subflows
-        if _FLOW_NAMES.get(f.flow_id) == "install-cluster"
+        prepare = max(
+            longest(run_id, "get-cluster-credentials"),
+            longest(run_id, "describe-aks-cluster"),
+            longest(run_id, "describe-key-vault"),
+        ) + _seconds(pre)
+        ca = longest(run_id, "ensure-intermediate-ca")
+        return max(prepare, ca) + longest(run_id, "install-istio") + _seconds(post)
+
+    clusters = [
+        cluster_path(f.id) for f in subflows if _FLOW_NAMES.get(f.flow_id) == "install-cluster"
     ]
-    exchange = longest(parent_id, "exchange-remote-secret")
+    ingress = max(longest(parent_id, "ensure-ingress"), longest(parent_id, "ensure-frontend"))
     checks = max(
         longest(parent_id, "check-remote-secret"),
         longest(parent_id, "check-istiod-sync"),
         longest(parent_id, "call-echoserver-across"),
     )
     return {
-        "pki": pki_path,
-        "slowest cluster": max(cluster_paths),
-        "remote secrets": exchange,
+        "root CA": longest(parent_id, "ensure-root-ca"),
+        "slowest cluster (or ingress certificates)": max([*clusters, ingress]),
+        "remote secrets": longest(parent_id, "exchange-remote-secret"),
         "validation": checks,
     }
 
 
 _FLOW_NAMES: dict[UUID, str] = {}
+_CPU_KINDS = (
+    "kube-apiserver", "etcd", "kube-controller-manager", "postgres", "prefect server",
+    "sandbox.azure",
+)  # fmt: skip
 
 
-async def print_timeline(parent_id: UUID) -> None:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far, by kind of process (this flow process and its children apart)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = defaultdict(float)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kind = next((k for k in _CPU_KINDS if k in cmdline), None)
+        if kind is not None:
+            used[kind] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    mine = os.times()
+    used["flow process"] = mine.user + mine.system
+    used["istioctl stand-in (children)"] = mine.children_user + mine.children_system
+    return used
+
+
+async def print_timeline(parent_id: UUID, title: str) -> None:
     """Every flow and task run under ``parent_id``: start offset and duration (diagnostics)."""
     flow_list, tasks = await recorded_runs(parent_id)
     flows = {f.id: f for f in flow_list}
@@ -186,7 +250,7 @@ async def print_timeline(parent_id: UUID) -> None:
     ]
     rows += [(t.start_time, f"  task {t.name}", _seconds(t)) for t in tasks if t.flow_run_id in ids]
     t0 = parent.start_time
-    print("\ntimeline of the 4-cluster parallel run (start offset, duration)")
+    print(f"\ntimeline of {title} (start offset, duration)")
     for start, label, seconds in sorted(r for r in rows if r[0]):
         print(f"  +{(start - t0).total_seconds():6.2f} s {seconds:6.2f} s  {label}")
 
@@ -223,44 +287,73 @@ def reset_clusters(clusters: list[kube.LocalCluster]) -> None:
                 time.sleep(0.5)
 
 
+def _option(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 async def run_all(
     emulator: EmulatorAdmin, sets: dict[str, list[kube.LocalCluster]], database: str
 ) -> None:
-    """Measure the four runs on one database and print the table."""
+    """Measure the runs on one database and print the table.
+
+    The 1-cluster and 4-cluster first installs alternate ``--repeat`` times (from empty
+    clusters and vault each time) and the medians are compared: single runs on a shared 2-core
+    machine vary by about 20%.
+    """
     specs = {
         name: env.wire_environment(emulator, cl, environment=name) for name, cl in sets.items()
     }
-    results: dict[str, float] = {}
+    repeat = int(_option("--repeat", "3"))
+    ones: list[float] = []
+    fours: list[tuple[float, UUID]] = []
+    single_id = None
+    # One set of 4 control planes serves every run, emptied before each first install: idle
+    # control planes would take CPU (about 0.07 CPU-s/s each) from the run being measured.
+    for _ in range(repeat):
+        reset_clusters(sets["four"])
+        reset_vault(emulator, specs)
+        wall, single_id = await timed(install_mesh, specs["one"])
+        ones.append(wall)
+        reset_clusters(sets["four"])
+        reset_vault(emulator, specs)
+        fours.append(await timed(install_mesh, specs["four"]))
+    reset_clusters(sets["four"])
     reset_vault(emulator, specs)
-    results["1 cluster, parallel flow"], _ = await timed(install_mesh, specs["one"])
-    reset_vault(emulator, specs)
-    results["4 clusters, parallel flow"], parallel_id = await timed(install_mesh, specs["four"])
-    reset_vault(emulator, specs)
-    results["4 clusters, one after another"], _ = await timed(install_mesh_sequential, specs["seq"])
-    results["4 clusters, re-run, nothing changed"], _ = await timed(install_mesh, specs["seq"])
+    seq, _ = await timed(install_mesh_sequential, specs["seq"])
+    rerun, _ = await timed(install_mesh, specs["seq"])
     from prefect.events.worker import EventsWorker
 
     await asyncio.to_thread(EventsWorker.drain_all, 60)  # deliver queued task-run events
     await _load_flow_names()
-    if "--timeline" in sys.argv:
-        await print_timeline(parallel_id)
-    path = await critical_path(parallel_id)
-    critical = sum(path.values())
+    paths = [await critical_path(run_id) for _, run_id in fours]
+    if "--timeline" in sys.argv and single_id is not None:
+        await print_timeline(single_id, "the last 1-cluster run")
+        await print_timeline(fours[-1][1], "the last 4-cluster parallel run")
+
+    one = statistics.median(ones)
+    four = statistics.median(w for w, _ in fours)
+    critical_ratios = [w / sum(p.values()) for (w, _), p in zip(fours, paths, strict=True)]
+    median_path = {k: statistics.median(p[k] for p in paths) for k in paths[0]}
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
 
     print(f"\n== Prefect server on {database} ==")
     print("install_mesh wall time (injected latencies: ARM creds 500 ms, AKS GET 300 ms,")
-    print("Key Vault 80 ms per call, istioctl install 4 s)")
-    for label, seconds in results.items():
-        print(f"  {label:<40} {seconds:7.2f} s")
-    print(f"  {'4 clusters, critical path (task work)':<40} {critical:7.2f} s")
-    for part, seconds in path.items():
-        print(f"      {part:<36} {seconds:7.2f} s")
-    one, four = results["1 cluster, parallel flow"], results["4 clusters, parallel flow"]
-    seq = results["4 clusters, one after another"]
-    rerun = results["4 clusters, re-run, nothing changed"]
+    print(f"Key Vault 80 ms per call, istioctl install 4 s); medians of {repeat} runs")
+    print(f"  {'1 cluster, parallel flow':<40} {one:7.2f} s   ({runs(ones)})")
+    print(f"  {'4 clusters, parallel flow':<40} {four:7.2f} s   ({runs([w for w, _ in fours])})")
+    print(f"  {'4 clusters, one after another':<40} {seq:7.2f} s")
+    print(f"  {'4 clusters, re-run, nothing changed':<40} {rerun:7.2f} s")
+    print(f"  {'4 clusters, critical path (task work)':<40} {sum(median_path.values()):7.2f} s")
+    for part, seconds in median_path.items():
+        print(f"      {part:<44} {seconds:7.2f} s")
     print("\nratios")
     print(f"  4 clusters / 1 cluster (parallel)       {four / one:5.2f}x   target <= 1.30")
-    print(f"  4 clusters wall / critical path         {four / critical:5.2f}x   target <= 1.15")
+    print(
+        f"  4 clusters wall / critical path         {statistics.median(critical_ratios):5.2f}x"
+        f"   target <= 1.15   ({runs(critical_ratios)})"
+    )
     print(f"  one-after-another / parallel            {seq / four:5.2f}x")
     print(f"  first run / re-run (4 clusters)         {seq / rerun:5.2f}x")
 
@@ -274,22 +367,18 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="meshflow-bench-"))
     try:
-        print("starting 9 control planes, the Azure emulator and a Prefect server ...")
-        names = {"one": ["solo"], "four": ["p1", "p2", "p3", "p4"], "seq": ["s1", "s2", "s3", "s4"]}
-        all_clusters = kube.start_clusters([n for v in names.values() for n in v], root / "k")
-        by_name = {c.name: c for c in all_clusters}
-        sets = {k: [by_name[n] for n in v] for k, v in names.items()}
+        print("starting 4 control planes, the Azure emulator and a Prefect server ...")
+        clusters = kube.start_clusters(["p1", "p2", "p3", "p4"], root / "k")
+        sets = {"one": clusters[:1], "four": clusters, "seq": clusters}
         databases = ["sqlite", "postgres"]
         if "--database" in sys.argv:
-            databases = [sys.argv[sys.argv.index("--database") + 1]]
+            databases = [_option("--database", "sqlite")]
         # A separate process, like Azure: its work must not compete with the flow's threads.
         emulator = start_emulator_process(
             root / "azure", marker=str(root), config={"pending_polls": 0}
         )
         inject_latencies(emulator)
-        for i, database in enumerate(databases):
-            if i:
-                reset_clusters(all_clusters)
+        for database in databases:
             pg = postgres.start(marker=str(root)) if database == "postgres" else None
             server = start_prefect_server(
                 root / f"prefect-{database}", marker=str(root),
