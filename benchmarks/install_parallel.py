@@ -20,14 +20,16 @@ chain of dependent work (root CA; then per cluster the longer of credentials →
 intermediate CA, then Istio and the sample workload; then the slowest remote-secret write, then
 the slowest check), i.e. the wall time with zero orchestration overhead.
 Targets (issue 4): run 2 within 1.3x of run 1; run 2 within 1.15x of its critical path.
-``--cpu`` prints the CPU seconds each kind of process used during each run.
+``--cpu`` prints the CPU seconds each kind of process used during each run; ``--ca-key-size
+2048`` (a diagnostic: Istio's CA keys are RSA 4096) shows what RSA key generation costs.
 
 Both Prefect server databases are measured, each in its own round: SQLite (the default) and
 PostgreSQL. On SQLite, Prefect's server answers concurrent flow-run state writes with "database
 is locked" and its client backs off for seconds (see ``sandbox/postgres.py``).
 
 Usage: ``.venv/bin/python benchmarks/install_parallel.py [--database sqlite|postgres]
-[--repeat N] [--timeline] [--cpu]`` (about 10 minutes for both; needs ``make bootstrap``).
+[--repeat N] [--timeline] [--cpu] [--ca-key-size BITS]`` (about 10 minutes for both databases;
+needs ``make bootstrap``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.install import _pairs, _validate, install_cluster, install_mesh
-from meshflow.spec import MeshSpec
+from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import ISTIOCTL_STANDIN, kube, postgres, processes
 from sandbox import environment as env
 from sandbox.azure.admin import EmulatorAdmin, start_emulator_process
@@ -300,8 +302,11 @@ async def run_all(
     clusters and vault each time) and the medians are compared: single runs on a shared 2-core
     machine vary by about 20%.
     """
+    # Diagnostic: --ca-key-size 2048 shows how much RSA-4096 generation on 2 cores costs.
+    pki = PkiSettings(ca_key_size=int(_option("--ca-key-size", str(PkiSettings().ca_key_size))))
     specs = {
-        name: env.wire_environment(emulator, cl, environment=name) for name, cl in sets.items()
+        name: env.wire_environment(emulator, cl, environment=name, pki=pki)
+        for name, cl in sets.items()
     }
     repeat = int(_option("--repeat", "3"))
     ones: list[float] = []
@@ -340,7 +345,8 @@ async def run_all(
 
     print(f"\n== Prefect server on {database} ==")
     print("install_mesh wall time (injected latencies: ARM creds 500 ms, AKS GET 300 ms,")
-    print(f"Key Vault 80 ms per call, istioctl install 4 s); medians of {repeat} runs")
+    print(f"Key Vault 80 ms per call, istioctl install 4 s); medians of {repeat} runs; CA keys "
+          f"RSA {pki.ca_key_size}")  # fmt: skip
     print(f"  {'1 cluster, parallel flow':<40} {one:7.2f} s   ({runs(ones)})")
     print(f"  {'4 clusters, parallel flow':<40} {four:7.2f} s   ({runs([w for w, _ in fours])})")
     print(f"  {'4 clusters, one after another':<40} {seq:7.2f} s")
