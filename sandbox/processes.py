@@ -77,6 +77,8 @@ def _await_marker(proc: subprocess.Popen[bytes], marker: str, timeout: float = 5
     deadline = time.monotonic() + timeout
     while _marker_of(proc.pid) != marker and proc.poll() is None:
         if time.monotonic() > deadline:
+            proc.kill()  # unmarked, it could not be found and stopped later
+            proc.wait()
             raise OSError(f"process {proc.pid} ({proc.args!r}) shows no {MARKER_VAR} after exec")
         time.sleep(0.001)
 

@@ -267,8 +267,8 @@ def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]
             chain = get_secret_value(secrets, cert_chain_secret_name(cluster))
             if cert is None or chain is None:
                 raise KeyVaultError(f"Key Vault {vault.vault_name!r} lacks {cluster}'s CA objects")
-            der = x509.load_der_x509_certificate(bytes(cert.cer or b""))
-            files[f"{cluster}/ca-cert.pem"] = der.public_bytes(Encoding.PEM).decode()
+            pem = public_cert(cert).public_bytes(Encoding.PEM).decode()
+            files[f"{cluster}/ca-cert.pem"] = pem
             files[f"{cluster}/cert-chain.pem"] = chain
     for text in files.values():  # defence in depth: this output goes to disk
         if "PRIVATE KEY" in text:
