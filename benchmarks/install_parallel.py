@@ -372,6 +372,7 @@ def main() -> None:
     os.environ["MESHFLOW_STANDIN_INSTALL_SECONDS"] = "4"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="meshflow-bench-"))
+    pg_dirs: list[Path] = []
     try:
         print("starting 4 control planes, the Azure emulator and a Prefect server ...")
         clusters = kube.start_clusters(["p1", "p2", "p3", "p4"], root / "k")
@@ -386,6 +387,8 @@ def main() -> None:
         inject_latencies(emulator)
         for database in databases:
             pg = postgres.start(marker=str(root)) if database == "postgres" else None
+            if pg:
+                pg_dirs.append(pg.directory)  # outside root: the postgres user must reach it
             server = start_prefect_server(
                 root / f"prefect-{database}", marker=str(root),
                 database_url=pg.url if pg else None,
@@ -395,9 +398,10 @@ def main() -> None:
             processes.stop([(server.pid, str(root))])
             if pg:
                 processes.stop([(pg.pid, str(root))])
-                postgres.remove(pg.directory)
     finally:
         processes.stop(processes.running_under(str(root)))
+        for directory in pg_dirs:  # also after a failed run: no database left on disk
+            postgres.remove(directory)
         shutil.rmtree(root, ignore_errors=True)
 
 
