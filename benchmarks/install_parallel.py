@@ -370,7 +370,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("MESHFLOW_ISTIOCTL", str(ISTIOCTL_STANDIN))
     os.environ["MESHFLOW_STANDIN_INSTALL_SECONDS"] = "4"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="meshflow-bench-"))
     pg_dirs: list[Path] = []
     try:
