@@ -18,10 +18,11 @@ from prefect.logging.handlers import APILogHandler
 
 from blocks import KeyVault, load_block
 from flows.pki import ensure_mesh_pki
+from meshflow import pki
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
-from tasks.keyvault import read_public_pki
+from tasks.keyvault import import_cert_key, load_cert_key, public_cert, read_public_pki
 from tasks.pki import ROOT_CA, RootCaError
 
 WRITE_METHODS = {"PUT", "POST", "PATCH", "DELETE"}
@@ -133,6 +134,22 @@ def test_intermediate_within_threshold_is_reissued_and_old_version_stays_readabl
     assert kept.cer == old.cer
     # The reissued intermediates (1000 days) are not due under the usual 30-day threshold.
     assert asyncio.run(ensure_mesh_pki(clean_vault)).written == []
+
+
+def test_a_root_stored_as_pkcs12_by_earlier_versions_still_signs(
+    clean_vault: MeshSpec, azure_emulator: AzureEmulator
+) -> None:
+    vault = load_block(KeyVault, clean_vault.key_vault_block)
+    secrets, certs = vault.secret_client(), vault.certificate_client()
+    root = load_cert_key(secrets, certs.get_certificate(ROOT_CA))  # in memory, test only
+    import_cert_key(certs, ROOT_CA, root, tags={})  # the same root, as PKCS#12 (before PEM)
+    assert certs.get_certificate_policy(ROOT_CA).content_type == CertificateContentType.pkcs12
+    first = clean_vault.clusters[0].name
+    assert azure_emulator.drop_certificate(f"{first}-ca-cert")
+    report = asyncio.run(ensure_mesh_pki(clean_vault))
+    assert {o.name for o in report.written} == {f"{first}-ca-cert", f"{first}-cert-chain"}
+    reissued = public_cert(certs.get_certificate(f"{first}-ca-cert"))
+    assert pki.signed_by(reissued, root.cert)
 
 
 def test_a_deleted_root_fails_loudly_instead_of_creating_a_second_one(
