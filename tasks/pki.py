@@ -32,6 +32,7 @@ import asyncio
 import base64
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.keyvault.certificates import CertificateClient, CertificatePolicy, KeyVaultCertificate
@@ -81,31 +82,40 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True)
+class _Root:
+    """The mesh root as the signing tasks need it: its certificate now, its key on demand."""
+
+    vault: KeyVault
+    stored: KeyVaultCertificate
+    cert: x509.Certificate
+
+    def signer(self) -> pki.CertKeyPair:
+        """The root with its key, read only when something must be signed (slow to parse)."""
+        with vault_clients(self.vault) as (secrets, _):
+            pair = load_cert_key(secrets, self.stored)
+        if not pair.key_matches():
+            raise RootCaError(
+                f"root CA {ROOT_CA!r} in Key Vault {self.vault.vault_name!r} does not match its "
+                "key; meshflow will not sign with it. Restore the root from backup."
+            )
+        return pair
+
+
 def _root_vault(vault: KeyVault, root_key_vault_block: str | None) -> KeyVault:
     return load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault
 
 
-def _stored_root(vault: KeyVault) -> KeyVaultCertificate:
-    with vault_clients(vault) as (_, certs):
+def _current_root(vault: KeyVault, root_key_vault_block: str | None) -> _Root:
+    root_vault = _root_vault(vault, root_key_vault_block)
+    with vault_clients(root_vault) as (_, certs):
         stored = get_certificate(certs, ROOT_CA)
     if stored is None:
         raise RootCaError(
-            f"Key Vault {vault.vault_name!r} has no root CA {ROOT_CA!r}; "
+            f"Key Vault {root_vault.vault_name!r} has no root CA {ROOT_CA!r}; "
             "run the ensure-mesh-pki flow (meshflow pki ensure) first"
         )
-    return stored
-
-
-def _root_signer(vault: KeyVault, stored: KeyVaultCertificate) -> pki.CertKeyPair:
-    """The root with its key, read only when something must be signed (it is slow to parse)."""
-    with vault_clients(vault) as (secrets, _):
-        pair = load_cert_key(secrets, stored)
-    if not pair.key_matches():
-        raise RootCaError(
-            f"root CA {ROOT_CA!r} in Key Vault {vault.vault_name!r} does not match its key; "
-            "meshflow will not sign with it. Restore the root from backup."
-        )
-    return pair
+    return _Root(vault=root_vault, stored=stored, cert=public_cert(stored))
 
 
 def _issued(issued: pki.CertKeyPair, root: x509.Certificate) -> pki.CertKeyPair:
@@ -212,26 +222,24 @@ def _ensure_intermediate_ca(
 ) -> list[ObjectRef]:
     """Ensure ``<cluster>-ca-cert`` and ``<cluster>-cert-chain`` (steps 02-03, per cluster).
 
-    Reissues the intermediate when it is absent, unreadable, signed by another root, or within
+    Reissues the intermediate when it is absent, signed by another root, or within
     ``settings.rotation_threshold_days`` of expiry; the old version stays readable in Key Vault.
     """
     vault = load_block(KeyVault, key_vault_block)
-    root_vault = _root_vault(vault, root_key_vault_block)
-    stored_root = _stored_root(root_vault)
-    root = public_cert(stored_root)
+    root = _current_root(vault, root_key_vault_block)
     now = _now()
     name = ca_certificate_name(cluster)
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
-        if stored is None or _reissue_reason(public_cert(stored), root, now, settings):
+        if stored is None or _reissue_reason(public_cert(stored), root.cert, now, settings):
             issued = pki.generate_intermediate_ca(
-                _root_signer(root_vault, stored_root),
+                root.signer(),
                 cluster=cluster,
                 now=now,
                 key_size=settings.ca_key_size,
                 days=settings.intermediate_days,
             )
-            ca = _issued(issued, root).cert
+            ca = _issued(issued, root.cert).cert
             cert = import_cert_key(certs, name, issued, tags=TAGS | {"cluster": cluster})
         else:
             ca = public_cert(stored)
@@ -239,7 +247,7 @@ def _ensure_intermediate_ca(
         chain_ref = ensure_secret_value(
             secrets,
             cert_chain_secret_name(cluster),
-            pki.cert_chain_pem(ca, root).decode(),
+            pki.cert_chain_pem(ca, root.cert).decode(),
             content_type=PEM_CONTENT_TYPE,
             tags=TAGS | {"cluster": cluster},
         )
@@ -265,25 +273,23 @@ def _ensure_ingress_certificate(
 ) -> ObjectRef:
     """Ensure certificate ``echoserver``: the ingress backend leaf signed by the root (step 19)."""
     vault = load_block(KeyVault, key_vault_block)
-    root_vault = _root_vault(vault, root_key_vault_block)
-    stored_root = _stored_root(root_vault)
-    root = public_cert(stored_root)
+    root = _current_root(vault, root_key_vault_block)
     now = _now()
     with vault_clients(vault) as (_, certs):
         stored = get_certificate(certs, INGRESS_CERT)
         if stored is not None:
             current = public_cert(stored)
-            fresh = _reissue_reason(current, root, now, settings) is None
+            fresh = _reissue_reason(current, root.cert, now, settings) is None
             if fresh and f"DNS:{host}" in pki.san_strings(current):
                 return cert_ref(stored, written=False)
         leaf = pki.generate_ingress_leaf(
-            _root_signer(root_vault, stored_root),
+            root.signer(),
             now=now,
             host=host,
             key_size=settings.leaf_key_size,
             days=settings.leaf_days,
         )
-        return import_cert_key(certs, INGRESS_CERT, _issued(leaf, root), tags=TAGS)
+        return import_cert_key(certs, INGRESS_CERT, _issued(leaf, root.cert), tags=TAGS)
 
 
 def _ensure_frontend_certificate(
