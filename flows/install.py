@@ -11,17 +11,22 @@ needs, so the slow cloud calls of different steps overlap:
    side) and the sample workload (10). Async sub-flows gathered with ``asyncio.gather`` run
    concurrently. Each takes ``(spec, cluster)`` so it can also run as its own deployment on a
    work pool.
-3. Join: every ordered pair exchanges a remote secret (08), all pairs at once.
-4. Join: validation (09) with each remote secret's own kubeconfig, istiod sync where istiod runs,
-   and the cross-cluster call (11) where there are nodes; otherwise "not run" with the reason.
+3. Join, per ordered pair: as soon as both of its clusters are installed, the pair exchanges
+   its remote secret (08) and checks it (09) with the secret's own kubeconfig. Pairs whose
+   clusters are done do not wait for the slowest cluster.
+4. Join, all clusters: istiod sync where istiod runs and the cross-cluster call (11) where there
+   are nodes; otherwise "not run" with the reason.
 
-Every step is idempotent, so re-running after any failure (or a kill) converges.
+A failing cluster does not stop the others: every sub-flow and every pair that does not involve
+it runs to the end, then the flow fails with the first error. Every step is idempotent, so
+re-running after any failure (or a kill) converges.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -139,7 +144,7 @@ def _status(checks: Iterable[DataPlaneCheck], cluster: str, check: str) -> str:
     return "-"
 
 
-@flow(name="install-cluster")
+@flow(name="install-cluster", flow_run_name="install-cluster-{cluster}")
 async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
     """Steps 01-07, 08 (source side) and 10 on one cluster. Idempotent.
 
@@ -184,23 +189,48 @@ def _pairs(spec: MeshSpec) -> list[tuple[ClusterSpec, ClusterSpec]]:
     return [(s, t) for s in spec.clusters for t in spec.clusters if s.name != t.name]
 
 
-async def _validate(spec: MeshSpec) -> tuple[list[RemoteAccess], list[DataPlaneCheck]]:
+async def _join_pair(
+    installed: Mapping[str, Awaitable[ClusterInstall]], source: ClusterSpec, target: ClusterSpec
+) -> tuple[Applied, RemoteAccess]:
+    """Steps 08-09 for one ordered pair, once both of its clusters are installed."""
+    await installed[source.name]
+    await installed[target.name]
+    secret = await exchange_remote_secret(
+        source.aks_block, source.name, target.aks_block, target.name
+    )
+    return secret, await check_remote_secret(target.aks_block, target.name, source.name)
+
+
+async def _data_plane(spec: MeshSpec) -> list[DataPlaneCheck]:
+    """The istiod sync check on every cluster and one cross-cluster call (11), or "not run"."""
     names = [c.name for c in spec.clusters]
-    access = asyncio.gather(
-        *(check_remote_secret(t.aks_block, t.name, s.name) for s, t in _pairs(spec))
-    )
-    sync = asyncio.gather(
-        *(
-            check_istiod_sync(
-                c.aks_block, c.name, spec.istio_revision, [n for n in names if n != c.name]
-            )
-            for c in spec.clusters
+    sync = [
+        check_istiod_sync(
+            c.aks_block, c.name, spec.istio_revision, [n for n in names if n != c.name]
         )
-    )
+        for c in spec.clusters
+    ]
     callers = [c for c in spec.clusters if not c.sample_workload][:1]
-    calls = asyncio.gather(*(call_echoserver_across(c.aks_block, c.name) for c in callers))
-    access_done, sync_done, calls_done = await asyncio.gather(access, sync, calls)
-    return list(access_done), [*sync_done, *calls_done]
+    calls = [call_echoserver_across(c.aks_block, c.name) for c in callers]
+    return list(await asyncio.gather(*sync, *calls))
+
+
+async def _settled(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every one of ``futures``, then raise the first failure.
+
+    ``asyncio.gather`` would raise at the first failure and leave the other sub-flows running
+    unattended; here a failing cluster costs the others nothing, and a cancelled flow cancels
+    what it started.
+    """
+    try:
+        await asyncio.wait(futures)
+    except asyncio.CancelledError:
+        for f in futures:
+            f.cancel()
+        raise
+    failures = [exc for f in futures if (exc := f.exception()) is not None]  # all retrieved
+    if failures:
+        raise failures[0]
 
 
 @flow(name="install-mesh")
@@ -209,19 +239,21 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     logger = get_run_logger()
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     root = await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
-    ingress, frontend, clusters = await asyncio.gather(
-        ensure_ingress_certificate(kv, settings, root_kv),
-        ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block),
-        asyncio.gather(*(install_cluster(spec, c.name) for c in spec.clusters)),
+    installs = {c.name: asyncio.ensure_future(install_cluster(spec, c.name)) for c in spec.clusters}
+    ingress = asyncio.ensure_future(ensure_ingress_certificate(kv, settings, root_kv))
+    frontend = asyncio.ensure_future(
+        ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     )
-    secrets = await asyncio.gather(
-        *(exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name) for s, t in _pairs(spec))
-    )
-    access, data_plane = await _validate(spec)
+    pairs = [asyncio.ensure_future(_join_pair(installs, s, t)) for s, t in _pairs(spec)]
+    await _settled([*installs.values(), ingress, frontend, *pairs])
+    clusters = [installs[c.name].result() for c in spec.clusters]
+    secrets = [p.result()[0] for p in pairs]
+    access = [p.result()[1] for p in pairs]
+    data_plane = await _data_plane(spec)
     report = MeshReport(
         environment=spec.environment,
         revision=spec.istio_revision,
-        shared_pki=(*root, ingress, frontend),
+        shared_pki=(*root, ingress.result(), frontend.result()),
         clusters=tuple(clusters),
         remote_secrets=tuple(secrets),
         access=tuple(access),

@@ -112,7 +112,12 @@ def _credentials_ref(aks_block: str, admin: bool) -> CredentialRef:
     )
 
 
-@task(name="get-cluster-credentials", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="get-cluster-credentials",
+    task_run_name="get-cluster-credentials-{aks_block}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef:
     """Step 01: fetch a cluster's credentials through ARM into this process's memory.
 
@@ -161,7 +166,12 @@ def _cluster_facts(aks_block: str) -> ClusterFacts:
     )
 
 
-@task(name="describe-aks-cluster", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="describe-aks-cluster",
+    task_run_name="describe-aks-cluster-{aks_block}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def describe_aks_cluster(aks_block: str) -> ClusterFacts:
     """Read the cluster's ARM resource: FQDN, node resource group, add-on identities. A read."""
     return await asyncio.to_thread(_cluster_facts, aks_block)

@@ -534,7 +534,12 @@ def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioIns
     )
 
 
-@task(name="install-istio", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="install-istio",
+    task_run_name="install-istio-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def install_istio(aks_block: str, cluster: str, spec: MeshSpec) -> IstioInstall:
     """Steps 06-07 on one cluster: pinned, verified istioctl; install the rendered files."""
     return await asyncio.to_thread(install_on_cluster, aks_block, cluster, spec)

@@ -203,7 +203,12 @@ def apply_all(aks_block: str, cluster: str, manifests: list[dict[str, Any]]) -> 
     return [apply_object(api, obj, cluster=cluster) for obj in manifests]
 
 
-@task(name="apply-manifests", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="apply-manifests",
+    task_run_name="apply-manifests-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def apply_manifests(
     aks_block: str, cluster: str, manifests: list[dict[str, Any]]
 ) -> list[Applied]:
@@ -250,7 +255,12 @@ def exchange_one(source_block: str, source: str, target_block: str, target: str)
     return apply_object(api_client(target_block), secret, cluster=target)
 
 
-@task(name="exchange-remote-secret", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="exchange-remote-secret",
+    task_run_name="exchange-remote-secret-{source}-to-{target}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def exchange_remote_secret(
     source_block: str, source: str, target_block: str, target: str
 ) -> Applied:
@@ -331,7 +341,12 @@ def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
     )
 
 
-@task(name="check-remote-secret", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="check-remote-secret",
+    task_run_name="check-remote-secret-{source}-in-{target}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def check_remote_secret(target_block: str, target: str, source: str) -> RemoteAccess:
     """Step 09, natively: reach ``source`` with the secret in ``target``; review reader rights."""
     return await asyncio.to_thread(check_one, target_block, target, source)
@@ -376,7 +391,12 @@ def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -
     return DataPlaneCheck(cluster=cluster, check="istiod sync", status=status_word, detail=detail)
 
 
-@task(name="check-istiod-sync", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="check-istiod-sync",
+    task_run_name="check-istiod-sync-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def check_istiod_sync(
     aks_block: str, cluster: str, revision: str, peers: list[str]
 ) -> DataPlaneCheck:
@@ -417,7 +437,12 @@ def call_across(aks_block: str, cluster: str, timeout: float = 120.0) -> DataPla
                           detail=f"the call Job did not succeed within {timeout:.0f}s")  # fmt: skip
 
 
-@task(name="call-echoserver-across", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="call-echoserver-across",
+    task_run_name="call-echoserver-across-from-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def call_echoserver_across(aks_block: str, cluster: str) -> DataPlaneCheck:
     """Step 11: call the echoserver from ``cluster``; "not run" where there are no nodes."""
     return await asyncio.to_thread(call_across, aks_block, cluster)

@@ -347,7 +347,12 @@ async def ensure_root_ca(
     )
 
 
-@task(name="ensure-intermediate-ca", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+@task(
+    name="ensure-intermediate-ca",
+    task_run_name="ensure-intermediate-ca-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
 async def ensure_intermediate_ca(
     key_vault_block: str,
     cluster: str,

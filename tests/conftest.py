@@ -76,10 +76,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 
 @pytest.fixture(scope="session")
+def istioctl_standin() -> Path:
+    """Installs use the sandbox's labelled istioctl stand-in (nothing can be downloaded here)."""
+    os.environ["MESHFLOW_ISTIOCTL"] = str(ISTIOCTL_STANDIN)
+    return ISTIOCTL_STANDIN
+
+
+@pytest.fixture(scope="session")
 def mesh_env(
     kube_clusters: list[kube.LocalCluster],
     azure_emulator: AzureEmulator,
     prefect_server: PrefectServer,
+    istioctl_standin: Path,
 ) -> MeshSpec:
     """The sandbox environment wired as ``meshflow sandbox up`` wires it, for end-to-end tests.
 
@@ -87,7 +95,6 @@ def mesh_env(
     Prefect server, istioctl the sandbox's stand-in. RSA 2048 CAs keep the PKI tests fast; the
     profile is otherwise Istio's.
     """
-    os.environ["MESHFLOW_ISTIOCTL"] = str(ISTIOCTL_STANDIN)
     return env.wire_environment(
         azure_emulator, kube_clusters, environment="e2e", pki=PkiSettings(ca_key_size=2048)
     )

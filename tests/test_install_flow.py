@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
 from flows.install import MeshReport, install_cluster, install_mesh
 from meshflow.kubeconfig import parse_kubeconfig
@@ -198,11 +200,12 @@ def test_a_killed_run_converges_on_the_next_one(
 
 
 @pytest.fixture(scope="module")
-def four_clusters(
+def four_planes(
     tmp_path_factory: pytest.TempPathFactory,
     azure_emulator: AzureEmulator,
     prefect_server: PrefectServer,
-) -> Iterator[MeshSpec]:
+    istioctl_standin: Path,
+) -> Iterator[tuple[MeshSpec, list[kube.LocalCluster]]]:
     root = tmp_path_factory.mktemp("four")
     names = ["one", "two", "three", "four"]
     clusters = kube.start_clusters(names, root)
@@ -210,11 +213,16 @@ def four_clusters(
         spec = env.wire_environment(
             azure_emulator, clusters, environment="four", pki=PkiSettings(ca_key_size=2048)
         )
-        yield spec
+        yield spec, clusters
     finally:
         for c in clusters:
             c.stop()
         processes.stop(processes.running_under(str(root)))
+
+
+@pytest.fixture(scope="module")
+def four_clusters(four_planes: tuple[MeshSpec, list[kube.LocalCluster]]) -> MeshSpec:
+    return four_planes[0]
 
 
 def test_four_clusters_install_and_join_every_pair(four_clusters: MeshSpec) -> None:
@@ -228,6 +236,54 @@ def test_four_clusters_install_and_join_every_pair(four_clusters: MeshSpec) -> N
     )  # fmt: skip
     assert json.loads(report.model_dump_json())["environment"] == "four"
     assert _run(four_clusters).writes == 0
+
+
+def test_a_failing_cluster_costs_the_others_nothing(
+    four_planes: tuple[MeshSpec, list[kube.LocalCluster]], azure_emulator: AzureEmulator
+) -> None:
+    # After the four-cluster install: remove the remote secrets among one, two and three, then
+    # make ARM refuse cluster four's credentials (403: permanent, failed at once).
+    spec, clusters = four_planes
+    planes = {c.name: _core(c) for c in clusters}
+    healthy = ["one", "two", "three"]
+    for s in healthy:
+        for t in healthy:
+            if s != t:
+                planes[t].delete_namespaced_secret(f"istio-remote-secret-{s}", "istio-system")
+    azure_emulator.add_fault(
+        r".*/managedClusters/four/listClusterAdminCredential$", method="POST", status=403,
+        times=1000,
+    )  # fmt: skip
+    try:
+        forget_credentials()
+        state = asyncio.run(install_mesh(spec, return_state=True))  # type: ignore[call-overload]
+    finally:
+        azure_emulator.clear_faults()
+    assert state.is_failed()
+    assert "four" in str(state.message)
+    # The other clusters finished, and every pair not involving four was joined.
+    for s in healthy:
+        for t in healthy:
+            if s != t:
+                secret = planes[t].read_namespaced_secret(
+                    f"istio-remote-secret-{s}", "istio-system"
+                )
+                assert secret.metadata.labels["istio/multiCluster"] == "true"
+    with get_client(sync_client=True) as prefect:
+        subflows = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+    assert {f.name: f.state_type.value for f in subflows} == {
+        "install-cluster-one": "COMPLETED",
+        "install-cluster-two": "COMPLETED",
+        "install-cluster-three": "COMPLETED",
+        "install-cluster-four": "FAILED",
+    }
+    assert _run(spec).ok  # and once the cause is gone, the next run converges
 
 
 def test_bad_input_fails_before_anything_changes(
