@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,8 +88,12 @@ class Certificate:
 class CertificateStore:
     """Certificates of the vault; their backing secrets live in ``secrets``."""
 
-    def __init__(self, secrets: SecretStore, pending_polls: int = 1) -> None:
+    def __init__(
+        self, secrets: SecretStore, pending_polls: int = 1, *, lock: threading.RLock | None = None
+    ) -> None:
         self.secrets = secrets
+        self._lock = lock or threading.RLock()
+        """The emulator's state lock; imports take it themselves, around the state they touch."""
         self.pending_polls = pending_polls
         self.live: dict[str, Certificate] = {}
         self.deleted: dict[str, Certificate] = {}
@@ -121,7 +126,10 @@ class CertificateStore:
             ("GET", deleted, self._get_deleted),
             ("DELETE", deleted, self._purge),
         ]
-        return [route(method, path, handler, "keyvault") for method, path, handler in table]
+        return [
+            route(method, path, handler, "keyvault", locked=handler != self._import)
+            for method, path, handler in table
+        ]
 
     def _check_free(self, name: str) -> None:
         check_name(name)
@@ -188,15 +196,19 @@ class CertificateStore:
         return body
 
     def _import(self, req: Request, m: re.Match[str]) -> Response:
-        self._check_free(m["name"])
+        # Not under the state lock while the key is read and checked (see x509util).
+        with self._lock:
+            self._check_free(m["name"])
         body = req.json()
         value, requested = body.get("value"), body.get("policy") or {}
         if not isinstance(value, str) or not value:
             raise bad("Property value is required.")
         content_type = (requested.get("secret_props") or {}).get("contentType") or PKCS12
         cv = (load_pem if content_type == PEM else load_pfx)(value, body.get("pwd"))
-        cert = self._add(m["name"], import_policy(requested, cv), cv, body)
-        return Response(200, self._json(req.base_url, cert, cv))
+        with self._lock:
+            self._check_free(m["name"])
+            cert = self._add(m["name"], import_policy(requested, cv), cv, body)
+            return Response(200, self._json(req.base_url, cert, cv))
 
     def _create(self, req: Request, m: re.Match[str]) -> Response:
         self._check_free(m["name"])

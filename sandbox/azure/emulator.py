@@ -72,11 +72,11 @@ class AzureEmulator:
         self._naive = naive
         self._identity = Identity(tenant_id)
         self._secrets = SecretStore()
-        self._certificates = CertificateStore(self._secrets, pending_polls)
+        self._lock = threading.RLock()
+        self._certificates = CertificateStore(self._secrets, pending_polls, lock=self._lock)
         self._arm = Arm(tenant_id, lro_polls=lro_polls, lro_retry_after_ms=lro_retry_after_ms)
         self._faults = Faults()
         self._log = RequestLog()
-        self._lock = threading.RLock()
         self._router = Router(
             self._identity.routes()
             + self._secrets.routes()
@@ -249,6 +249,8 @@ class AzureEmulator:
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
+        if not target.locked:
+            return target.handler(req, match)
         with self._lock:
             return target.handler(req, match)
 

@@ -129,14 +129,22 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     auth: AuthKind
+    locked: bool = True
+    """Whether the emulator's state lock is held around ``handler`` (else it locks itself)."""
 
 
 def route(
-    methods: str, pattern: str, handler: Handler, auth: AuthKind, *, nocase: bool = False
+    methods: str,
+    pattern: str,
+    handler: Handler,
+    auth: AuthKind,
+    *,
+    nocase: bool = False,
+    locked: bool = True,
 ) -> Route:
     """Build a :class:`Route`; ``methods`` is space separated, ``pattern`` a full-match regex."""
     flags = re.IGNORECASE if nocase else 0
-    return Route(frozenset(methods.split()), re.compile(pattern, flags), handler, auth)
+    return Route(frozenset(methods.split()), re.compile(pattern, flags), handler, auth, locked)
 
 
 class Router:

@@ -8,12 +8,16 @@ certificates; imported ones are described from the certificate itself with issue
 
 from __future__ import annotations
 
+import atexit
 import base64
 import calendar
 import datetime as dt
 import ipaddress
+import multiprocessing
 import re
+import threading
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +225,56 @@ def import_policy(requested: dict[str, Any], cv: CertVersion) -> dict[str, Any]:
     }
 
 
+# Reading a private key runs OpenSSL's RSA consistency check (primality of the factors): about
+# 0.27 s for a 4096-bit key with the GIL held, so in this process one import would stall every
+# other request for that long. Key Vault is a scaled-out service; the emulator checks keys in a
+# worker process instead and reads the checked key back here without repeating the check.
+_checker: ProcessPoolExecutor | None = None
+_checker_lock = threading.Lock()
+
+
+def _checker_pool() -> ProcessPoolExecutor:
+    global _checker  # one pool per emulator process, made on first use
+    with _checker_lock:
+        if _checker is None:
+            _checker = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_checker.shutdown, cancel_futures=True)
+        return _checker
+
+
+def _der(key: Any) -> bytes:
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _checked_pem_key(key_pem: bytes, password: bytes | None) -> bytes:
+    """In a worker process: load (and so check) a PEM private key; its PKCS#8 DER."""
+    return _der(serialization.load_pem_private_key(key_pem, password))
+
+
+def _checked_pfx(
+    data: bytes, password: bytes | None
+) -> tuple[bytes | None, bytes | None, list[bytes]]:
+    """In a worker process: parse (and so check) a PKCS#12; its key, certificate and chain."""
+    key, cert, extra = pkcs12.load_key_and_certificates(data, password)
+    der = serialization.Encoding.DER
+    return (
+        _der(key) if key is not None else None,
+        cert.public_bytes(der) if cert is not None else None,
+        [c.public_bytes(der) for c in extra],
+    )
+
+
+def _checked_key(der: bytes) -> Any:
+    # Checked by the worker that produced ``der``.
+    return serialization.load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
+
+
 def load_pem(value: str, password: str | None) -> CertVersion:
     """Parse a PEM private key + certificate chain (raw PEM text, or its base64)."""
     try:
@@ -229,7 +283,8 @@ def load_pem(value: str, password: str | None) -> CertVersion:
         key_pem = next((b for kind, b in blocks if kind.endswith(b"PRIVATE KEY")), None)
         if key_pem is None:
             raise bad(NO_KEY)
-        key = serialization.load_pem_private_key(key_pem, password.encode() if password else None)
+        secret = password.encode() if password else None
+        key = _checked_key(_checker_pool().submit(_checked_pem_key, key_pem, secret).result())
         certs = [x509.load_pem_x509_certificate(b) for kind, b in blocks if kind == b"CERTIFICATE"]
     except (ValueError, TypeError) as exc:
         raise bad("The specified PEM X.509 certificate content can not be read.") from exc
@@ -243,11 +298,14 @@ def load_pfx(value: str, password: str | None) -> CertVersion:
     """Parse a base64 PKCS#12 blob."""
     try:
         data = base64.b64decode(value, validate=True)
-        key, cert, extra = pkcs12.load_key_and_certificates(
-            data, password.encode() if password else None
-        )
+        secret = password.encode() if password else None
+        key_der, cert_der, extra = _checker_pool().submit(_checked_pfx, data, secret).result()
     except (ValueError, TypeError) as exc:
         raise bad(BAD_PFX) from exc
-    if cert is None or not isinstance(key, Key):
+    if cert_der is None or key_der is None:
         raise bad(BAD_PFX)
-    return CertVersion(cert, key, list(extra))
+    key = _checked_key(key_der)
+    if not isinstance(key, Key):
+        raise bad(BAD_PFX)
+    chain = [x509.load_der_x509_certificate(c) for c in extra]
+    return CertVersion(x509.load_der_x509_certificate(cert_der), key, chain)
