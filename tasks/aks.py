@@ -12,7 +12,6 @@ or ``listClusterUserCredential/action`` (user) permission on each cluster.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import threading
 import time
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, load_block
 from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
+from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
 
 CREDENTIAL_TTL = 30 * 60.0
@@ -123,7 +123,7 @@ async def get_cluster_credentials(aks_block: str, admin: bool = True) -> Credent
 
     Idempotent (a read). Returns a reference; the credential itself stays in memory.
     """
-    return await asyncio.to_thread(_credentials_ref, aks_block, admin)
+    return await run_blocking(_credentials_ref, aks_block, admin)
 
 
 class ClusterFacts(BaseModel):
@@ -174,4 +174,4 @@ def _cluster_facts(aks_block: str) -> ClusterFacts:
 )
 async def describe_aks_cluster(aks_block: str) -> ClusterFacts:
     """Read the cluster's ARM resource: FQDN, node resource group, add-on identities. A read."""
-    return await asyncio.to_thread(_cluster_facts, aks_block)
+    return await run_blocking(_cluster_facts, aks_block)

@@ -27,7 +27,6 @@ transient; checksum mismatches, missing members, bad arguments and a failed inst
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -63,6 +62,7 @@ from meshflow.manifests import (
 )
 from meshflow.spec import MeshSpec
 from tasks.aks import cluster_access
+from tasks.blocking import run_blocking
 from tasks.kube import api_client, apply_object, request_json
 from tasks.retry import TRANSIENT_RETRIES
 
@@ -542,4 +542,4 @@ def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioIns
 )
 async def install_istio(aks_block: str, cluster: str, spec: MeshSpec) -> IstioInstall:
     """Steps 06-07 on one cluster: pinned, verified istioctl; install the rendered files."""
-    return await asyncio.to_thread(install_on_cluster, aks_block, cluster, spec)
+    return await run_blocking(install_on_cluster, aks_block, cluster, spec)

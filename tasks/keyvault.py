@@ -6,7 +6,6 @@ an access policy or the "Key Vault Secrets Officer" / "Key Vault Certificates Of
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import secrets
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks import KeyVault, load_block
 from meshflow import pki
 from meshflow.manifests import ROOT_CERT_SECRET, ca_certificate_name, cert_chain_secret_name
+from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
 
 PROBE_SECRET = "meshflow-probe"  # noqa: S105 - a secret name, not a value
@@ -202,7 +202,7 @@ async def probe_key_vault(key_vault_block: str) -> ProbeResult:
 
     Not idempotent by design: each probe adds a secret version, proving write access.
     """
-    return await asyncio.to_thread(_probe, key_vault_block)
+    return await run_blocking(_probe, key_vault_block)
 
 
 class VaultFacts(BaseModel):
@@ -216,7 +216,7 @@ class VaultFacts(BaseModel):
 @task(name="describe-key-vault", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 async def describe_key_vault(key_vault_block: str) -> VaultFacts:
     """The vault's name and tenant, from its block."""
-    vault = await asyncio.to_thread(load_block, KeyVault, key_vault_block)
+    vault = await run_blocking(load_block, KeyVault, key_vault_block)
     tenant = vault.tenant_id or vault.credentials.tenant_id
     if not tenant:
         raise KeyVaultError(f"block {key_vault_block!r}: set tenant_id (needed by the CSI driver)")

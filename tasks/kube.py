@@ -7,7 +7,6 @@ disk; the token travels only in the ``Authorization`` header.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -33,6 +32,7 @@ from meshflow.manifests import (
 )
 from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
+from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
 
 _lock = threading.Lock()
@@ -92,7 +92,7 @@ def namespaces(aks_block: str) -> list[str]:
 @task(name="list-namespaces", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 async def list_namespaces(aks_block: str) -> list[str]:
     """List the cluster's namespaces (a read that proves credentials, TLS and RBAC work)."""
-    return await asyncio.to_thread(namespaces, aks_block)
+    return await run_blocking(namespaces, aks_block)
 
 
 # -- Generic, no-op-aware apply ------------------------------------------------------------
@@ -213,7 +213,7 @@ async def apply_manifests(
     aks_block: str, cluster: str, manifests: list[dict[str, Any]]
 ) -> list[Applied]:
     """Apply public (non-secret) manifests in order; idempotent, writes only differences."""
-    return await asyncio.to_thread(apply_all, aks_block, cluster, manifests)
+    return await run_blocking(apply_all, aks_block, cluster, manifests)
 
 
 # -- Remote secrets: the istio-reader identity and its token kubeconfig ---------------------
@@ -265,7 +265,7 @@ async def exchange_remote_secret(
     source_block: str, source: str, target_block: str, target: str
 ) -> Applied:
     """Step 08 for one ordered pair: let ``target``'s istiod read ``source``. Idempotent."""
-    return await asyncio.to_thread(exchange_one, source_block, source, target_block, target)
+    return await run_blocking(exchange_one, source_block, source, target_block, target)
 
 
 # -- Validation ------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
 )
 async def check_remote_secret(target_block: str, target: str, source: str) -> RemoteAccess:
     """Step 09, natively: reach ``source`` with the secret in ``target``; review reader rights."""
-    return await asyncio.to_thread(check_one, target_block, target, source)
+    return await run_blocking(check_one, target_block, target, source)
 
 
 class DataPlaneCheck(BaseModel):
@@ -401,7 +401,7 @@ async def check_istiod_sync(
     aks_block: str, cluster: str, revision: str, peers: list[str]
 ) -> DataPlaneCheck:
     """Step 09's ``istioctl remote-clusters``, natively; "not run" without a running istiod."""
-    return await asyncio.to_thread(istiod_sync, aks_block, cluster, revision, peers)
+    return await run_blocking(istiod_sync, aks_block, cluster, revision, peers)
 
 
 def count_nodes(aks_block: str) -> int:
@@ -445,4 +445,4 @@ def call_across(aks_block: str, cluster: str, timeout: float = 120.0) -> DataPla
 )
 async def call_echoserver_across(aks_block: str, cluster: str) -> DataPlaneCheck:
     """Step 11: call the echoserver from ``cluster``; "not run" where there are no nodes."""
-    return await asyncio.to_thread(call_across, aks_block, cluster)
+    return await run_blocking(call_across, aks_block, cluster)

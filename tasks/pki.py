@@ -28,7 +28,6 @@ transient Key Vault errors only (see :mod:`tasks.retry`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from meshflow.manifests import (
     cert_chain_secret_name,
 )
 from meshflow.spec import PkiSettings
+from tasks.blocking import run_blocking
 from tasks.keyvault import (
     PEM_CONTENT_TYPE,
     KeyVaultError,
@@ -342,7 +342,7 @@ async def ensure_root_ca(
     root_key_vault_block: str | None = None,
 ) -> list[ObjectRef]:
     """Reuse the mesh root CA, or create it when no trace of a mesh exists yet (steps 02-03)."""
-    return await asyncio.to_thread(
+    return await run_blocking(
         _ensure_root_ca, key_vault_block, clusters, settings, root_key_vault_block
     )
 
@@ -360,7 +360,7 @@ async def ensure_intermediate_ca(
     root_key_vault_block: str | None = None,
 ) -> list[ObjectRef]:
     """Ensure ``<cluster>-ca-cert`` and ``<cluster>-cert-chain`` (steps 02-03, per cluster)."""
-    return await asyncio.to_thread(
+    return await run_blocking(
         _ensure_intermediate_ca, key_vault_block, cluster, settings, root_key_vault_block
     )
 
@@ -373,7 +373,7 @@ async def ensure_ingress_certificate(
     host: str = pki.ECHOSERVER_HOST,
 ) -> ObjectRef:
     """Ensure certificate ``echoserver``: the ingress backend leaf signed by the root (step 19)."""
-    return await asyncio.to_thread(
+    return await run_blocking(
         _ensure_ingress_certificate, key_vault_block, settings, root_key_vault_block, host
     )
 
@@ -385,6 +385,6 @@ async def ensure_frontend_certificate(
     pfx_secret_block: str | None = None,
 ) -> ObjectRef:
     """Ensure certificate ``frontend-certificate`` for the App Gateway listener (step 16)."""
-    return await asyncio.to_thread(
+    return await run_blocking(
         _ensure_frontend_certificate, key_vault_block, settings, pfx_secret_block
     )
