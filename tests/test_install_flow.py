@@ -27,7 +27,7 @@ from sandbox import kube, processes
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
-from tasks.kube import api_client_for, request_json
+from tasks.kube import api_client_for, check_one, request_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,6 +104,27 @@ def test_remote_secrets_give_reader_rights_and_nothing_more(
     with pytest.raises(client.ApiException) as denied:
         reader.create_namespaced_config_map("default", {"metadata": {"name": "reader-write"}})
     assert denied.value.status == 403
+
+
+def test_a_reader_that_lost_its_rights_is_reported_and_repaired(
+    first_run: MeshReport, mesh_env: MeshSpec, kube_clusters: list[kube.LocalCluster]
+) -> None:
+    alpha, bravo = kube_clusters
+    rbac = client.RbacAuthorizationV1Api(
+        config.new_client_from_config(config_file=str(alpha.admin_kubeconfig))
+    )
+    binding = f"istio-reader-clusterrole-{mesh_env.istio_revision}-istio-system"
+    rbac.delete_cluster_role_binding(binding)
+    target = mesh_env.cluster(bravo.name)
+    forget_credentials()
+    denied = check_one(target.aks_block, bravo.name, alpha.name)
+    assert denied.reachable
+    assert not denied.read_ok
+    assert len(denied.missing) == 16  # list and watch on each of the 8 resources istiod reads
+    assert {"list core/pods", "watch discovery.k8s.io/endpointslices"} <= set(denied.missing)
+    report = _run(mesh_env)  # restores the binding
+    assert report.ok
+    assert rbac.read_cluster_role_binding(binding).role_ref.name == binding
 
 
 def test_data_plane_checks_say_not_run_without_nodes(first_run: MeshReport) -> None:
