@@ -55,8 +55,13 @@ def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
 
         sbx = Sandbox()
         state = sbx.state()
-        if state is None or not sbx.is_healthy():
+        if state is None:
             raise _fail("the sandbox is not running; start it with `meshflow sandbox up`")
+        if stopped := sbx.stopped():
+            raise _fail(
+                f"the sandbox is not running: {', '.join(stopped)} stopped (logs under "
+                f"{sbx.root}); `meshflow sandbox up` starts it again"
+            )
         spec = MeshSpec.from_yaml(sbx.root / "mesh.yaml")
         api_url = str(state["prefect"]["api_url"])
     else:

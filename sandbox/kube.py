@@ -36,6 +36,9 @@ from sandbox import certs, processes
 
 log = logging.getLogger(__name__)
 
+#: What runs per cluster, in the order of :attr:`LocalCluster.pids`.
+PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager")
+
 KUBE_VERSION = "v1.20.2"
 CRD_DIR = Path(__file__).parent / "crds"
 BUILD_SCRIPT = Path(__file__).parent / "build-kube.sh"

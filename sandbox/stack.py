@@ -161,8 +161,26 @@ class Sandbox:
 
     def is_healthy(self) -> bool:
         """Whether every recorded process is still running."""
-        recorded = self._recorded()
-        return bool(recorded) and all(processes.is_running(p, m) for p, m in recorded)
+        return bool(self._recorded()) and not self.stopped()
+
+    def stopped(self) -> list[str]:
+        """The recorded processes that are no longer running, named for the user."""
+        state = self.state() or {}
+        named = [
+            (f"{c['name']} {proc}", pid, c["directory"])
+            for c in state.get("clusters", [])
+            for proc, pid in zip(kube.PROCESSES, c["pids"], strict=False)
+        ]
+        named += [
+            (k, state[k]["pid"], self.marker)
+            for k in ("emulator", "prefect", "postgres")
+            if (state.get(k) or {}).get("pid")
+        ]
+        return [
+            f"{name} (pid {pid})"
+            for name, pid, marker in named
+            if not processes.is_running(pid, marker)
+        ]
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready description: what runs where (no secrets)."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sandbox import processes
+from sandbox.stack import Sandbox
 
 
 def _meshflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -48,3 +49,39 @@ def test_sandbox_up_status_verify_down_leaves_nothing(tmp_path: Path) -> None:
     assert down.returncode == 0
     assert processes.running_under(str(state)) == []
     assert not state.exists()  # no key or token of the sandbox left on disk
+
+
+def test_a_stopped_sandbox_process_is_named_with_what_to_do(tmp_path: Path) -> None:
+    state = tmp_path / "sandbox"
+    cluster_dir = state / "clusters" / "cluster-1"
+    sleeping = {
+        name: processes.spawn(
+            name, ["sleep", "60"], log=tmp_path / f"{name}.log", marker=marker, cwd=tmp_path
+        )
+        for name, marker in [
+            ("etcd", str(cluster_dir)),
+            ("kube-apiserver", str(cluster_dir)),
+            ("kube-controller-manager", str(cluster_dir)),
+            ("emulator", str(state)),
+        ]
+    }
+    pid = {name: s.pid for name, s in sleeping.items()}
+    state.mkdir()
+    cluster_pids = [pid[name] for name in ("etcd", "kube-apiserver", "kube-controller-manager")]
+    cluster = {"name": "cluster-1", "directory": str(cluster_dir), "pids": cluster_pids}
+    recorded = {"clusters": [cluster], "emulator": {"pid": pid["emulator"]}}
+    (state / "state.json").write_text(json.dumps(recorded))
+    env = {**os.environ, "MESHFLOW_SANDBOX_DIR": str(state)}
+    try:
+        assert Sandbox(state).stopped() == []
+        processes.stop([(pid["kube-apiserver"], str(cluster_dir))])
+
+        assert Sandbox(state).stopped() == [
+            f"cluster-1 kube-apiserver (pid {pid['kube-apiserver']})"
+        ]
+        verify = _meshflow("verify", "--env", "sandbox", env=env)
+        assert verify.returncode == 1
+        assert f"cluster-1 kube-apiserver (pid {pid['kube-apiserver']}) stopped" in verify.stderr
+        assert "meshflow sandbox up" in verify.stderr
+    finally:
+        processes.stop([(s.pid, s.marker) for s in sleeping.values()])
