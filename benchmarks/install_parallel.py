@@ -34,6 +34,7 @@ needs ``make bootstrap``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -113,14 +114,14 @@ def reset_vault(emulator: EmulatorAdmin, specs: dict[str, MeshSpec]) -> None:
         emulator.drop_secret(name)
 
 
-async def timed(coro_fn: Any, spec: MeshSpec) -> tuple[float, UUID]:
-    """Wall seconds of one flow run, and its id."""
+async def timed(coro_fn: Any, spec: MeshSpec, *, cpu: bool) -> tuple[float, UUID]:
+    """Wall seconds of one flow run, and its id; ``cpu``: print where the CPU went."""
     forget_credentials()
     before = cpu_seconds()
     start = time.perf_counter()
     state = await coro_fn(spec, return_state=True)
     wall = time.perf_counter() - start
-    if "--cpu" in sys.argv:
+    if cpu:
         after = cpu_seconds()
         spent = {k: after[k] - before.get(k, 0.0) for k in after}
         print(f"\nCPU seconds during {coro_fn.name} on {len(spec.clusters)} cluster(s), "
@@ -321,12 +322,47 @@ def reset_clusters(clusters: list[kube.LocalCluster]) -> None:
                 time.sleep(0.5)
 
 
-def _option(name: str, default: str) -> str:
-    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description="install_mesh: 1 vs 4 clusters in parallel vs one after another.",
+    )
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        action="append",
+        help="the Prefect server's database (default: both, one round each)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="alternating 1- and 4-cluster runs; medians are compared",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print the task runs of the last 1- and 4-cluster runs",
+    )
+    parser.add_argument("--cpu", action="store_true", help="CPU seconds per process kind")
+    parser.add_argument(
+        "--ca-key-size",
+        type=int,
+        choices=[2048, 3072, 4096],
+        default=PkiSettings().ca_key_size,
+        help="diagnostic: Istio's CA keys are RSA 4096 (shared/SYSTEM.md)",
+    )
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
 
 
 async def run_all(
-    emulator: EmulatorAdmin, sets: dict[str, list[kube.LocalCluster]], database: str
+    emulator: EmulatorAdmin,
+    sets: dict[str, list[kube.LocalCluster]],
+    database: str,
+    args: argparse.Namespace,
 ) -> None:
     """Measure the runs on one database and print the table.
 
@@ -335,35 +371,34 @@ async def run_all(
     machine vary by about 20%.
     """
     # Diagnostic: --ca-key-size 2048 shows how much RSA-4096 generation on 2 cores costs.
-    pki = PkiSettings(ca_key_size=int(_option("--ca-key-size", str(PkiSettings().ca_key_size))))
+    pki = PkiSettings(ca_key_size=args.ca_key_size)
     specs = {
         name: env.wire_environment(emulator, cl, environment=name, pki=pki)
         for name, cl in sets.items()
     }
-    repeat = int(_option("--repeat", "3"))
     ones: list[float] = []
     fours: list[tuple[float, UUID]] = []
     single_id = None
     # One set of 4 control planes serves every run, emptied before each first install: idle
     # control planes would take CPU (about 0.07 CPU-s/s each) from the run being measured.
-    for _ in range(repeat):
+    for _ in range(args.repeat):
         reset_clusters(sets["four"])
         reset_vault(emulator, specs)
-        wall, single_id = await timed(install_mesh, specs["one"])
+        wall, single_id = await timed(install_mesh, specs["one"], cpu=args.cpu)
         ones.append(wall)
         reset_clusters(sets["four"])
         reset_vault(emulator, specs)
-        fours.append(await timed(install_mesh, specs["four"]))
+        fours.append(await timed(install_mesh, specs["four"], cpu=args.cpu))
     reset_clusters(sets["four"])
     reset_vault(emulator, specs)
-    seq, _ = await timed(install_mesh_sequential, specs["seq"])
-    rerun, _ = await timed(install_mesh, specs["seq"])
+    seq, _ = await timed(install_mesh_sequential, specs["seq"], cpu=args.cpu)
+    rerun, _ = await timed(install_mesh, specs["seq"], cpu=args.cpu)
     from prefect.events.worker import EventsWorker
 
     await asyncio.to_thread(EventsWorker.drain_all, 60)  # deliver queued task-run events
     await _load_flow_names()
     paths = [await critical_path(run_id) for _, run_id in fours]
-    if "--timeline" in sys.argv and single_id is not None:
+    if args.timeline and single_id is not None:
         await print_timeline(single_id, "the last 1-cluster run")
         await print_timeline(fours[-1][1], "the last 4-cluster parallel run")
 
@@ -377,8 +412,8 @@ async def run_all(
 
     print(f"\n== Prefect server on {database} ==")
     print("install_mesh wall time (injected latencies: ARM creds 500 ms, AKS GET 300 ms,")
-    print(f"Key Vault 80 ms per call, istioctl install 4 s); medians of {repeat} runs; CA keys "
-          f"RSA {pki.ca_key_size}")  # fmt: skip
+    print(f"Key Vault 80 ms per call, istioctl install 4 s); medians of {args.repeat} runs; "
+          f"CA keys RSA {pki.ca_key_size}")  # fmt: skip
     print(f"  {'1 cluster, parallel flow':<40} {one:7.2f} s   ({runs(ones)})")
     print(f"  {'4 clusters, parallel flow':<40} {four:7.2f} s   ({runs([w for w, _ in fours])})")
     print(f"  {'4 clusters, one after another':<40} {seq:7.2f} s")
@@ -398,6 +433,7 @@ async def run_all(
 
 def main() -> None:
     """Start everything, measure on each database, stop everything."""
+    args = parse_args()
     # SIGTERM (a CI timeout, `kill`) becomes SystemExit so the clean-up below still runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("MESHFLOW_ISTIOCTL", str(ISTIOCTL_STANDIN))
@@ -408,9 +444,7 @@ def main() -> None:
         print("starting 4 control planes, the Azure emulator and a Prefect server ...")
         clusters = kube.start_clusters(["p1", "p2", "p3", "p4"], root / "k")
         sets = {"one": clusters[:1], "four": clusters, "seq": clusters}
-        databases = ["sqlite", "postgres"]
-        if "--database" in sys.argv:
-            databases = [_option("--database", "sqlite")]
+        databases = args.database or ["sqlite", "postgres"]
         # A separate process, like Azure: its work must not compete with the flow's threads.
         emulator = start_emulator_process(
             root / "azure", marker=str(root), config={"pending_polls": 0}
@@ -425,7 +459,7 @@ def main() -> None:
                 database_url=pg.url if pg else None,
             )  # fmt: skip
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                asyncio.run(run_all(emulator, sets, database))
+                asyncio.run(run_all(emulator, sets, database, args))
             processes.stop([(server.pid, str(root))])
             if pg:
                 processes.stop([(pg.pid, str(root))])
