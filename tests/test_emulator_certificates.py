@@ -201,3 +201,72 @@ def test_pending_polls_zero_needs_no_client_tuning(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2  # no 5 s poll interval was slept
         assert cert.properties.version is not None
         client.close()
+
+
+def _issued_for(csr: x509.CertificateSigningRequest, ca: tuple[object, x509.Certificate]) -> bytes:
+    ca_key, ca_cert = ca
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_unknown_issuer_key_stays_in_the_vault_until_merged(
+    certificate_client: CertificateClient, secret_client: SecretClient
+) -> None:
+    policy = CertificatePolicy(
+        issuer_name="Unknown", subject="O=Istio, CN=Intermediate CA, L=one",
+        key_type=KeyType.rsa, key_size=3072, exportable=True,
+    )  # fmt: skip
+    op = certificate_client.begin_create_certificate("ca-one", policy).result()
+    assert op.status == "inProgress"
+    assert op.csr
+    csr = x509.load_der_x509_csr(bytes(op.csr))
+    assert csr.is_signature_valid
+    assert csr.public_key().key_size == 3072
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_certificate("ca-one")  # nothing issued yet, no secret either
+    ca = _self_signed("test CA")
+    stranger = _issued_for(
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(csr.subject)
+        .sign(ca[0], hashes.SHA256()),
+        ca,
+    )
+    with pytest.raises(HttpResponseError) as wrong:
+        certificate_client.merge_certificate("ca-one", [stranger])
+    assert wrong.value.status_code == 400
+    assert "doesn't match" in str(wrong.value.message)
+
+    issued = _issued_for(csr, ca)
+    ca_der = ca[1].public_bytes(serialization.Encoding.DER)
+    merged = certificate_client.merge_certificate("ca-one", [issued, ca_der], tags={"a": "b"})
+    assert merged.cer == issued
+    assert merged.properties.tags == {"a": "b"}
+    pfx = base64.b64decode(secret_client.get_secret("ca-one").value or "")
+    key, cert, chain = pkcs12.load_key_and_certificates(pfx, None)
+    assert cert is not None
+    assert _same_key(key, cert)
+    assert [c.subject for c in chain] == [ca[1].subject]
+    assert certificate_client.get_certificate_operation("ca-one").status == "completed"
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.merge_certificate("ca-one", [issued])  # nothing pending any more
+
+
+def test_a_pending_creation_can_be_dropped(certificate_client: CertificateClient) -> None:
+    policy = CertificatePolicy(issuer_name="Unknown", subject="CN=dropped")
+    certificate_client.begin_create_certificate("dropped", policy).result()
+    dropped = certificate_client.delete_certificate_operation("dropped")
+    assert dropped.status == "inProgress"
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_certificate_operation("dropped")
+    with pytest.raises(ResourceNotFoundError):
+        certificate_client.get_certificate("dropped")

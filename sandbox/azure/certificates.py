@@ -2,10 +2,12 @@
 
 As in Azure, every certificate version also exists as a *managed* secret of the same name and
 version (``managed: true``, ``kid`` set) whose value is the key and chain as base64 PKCS#12 or
-PEM, per the policy's ``secret_props.contentType``. Creating answers 202 with a pending
-operation; ``GET .../pending`` says ``inProgress`` for the first ``pending_polls`` polls, then
-signs the certificate (issuer ``Self``) and says ``completed``. Issuer ``Unknown`` stays pending
-(merge is not emulated); other issuers are rejected. Keys exist only as ``kid`` references.
+PEM, per the policy's ``secret_props.contentType``. Creating generates the key and answers 202
+with a pending operation and its CSR; ``GET .../pending`` says ``inProgress`` for the first
+``pending_polls`` polls, then signs the certificate (issuer ``Self``) and says ``completed``.
+Issuer ``Unknown`` stays pending until ``POST .../pending/merge`` brings the certificate (chain)
+issued for that key, or ``DELETE .../pending`` drops it; other issuers are rejected. Keys exist
+only as ``kid`` references.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class CertificateStore:
             ("POST", name + r"/import", self._import),
             ("POST", name + r"/create", self._create),
             ("GET", name + r"/pending", self._pending),
+            ("DELETE", name + r"/pending", self._delete_pending),
+            ("POST", name + r"/pending/merge", self._merge),
             ("GET", name + r"/policy", self._policy),
             ("GET", name + r"/versions/?", self._versions),
             ("DELETE", name + r"/?", self._delete),
@@ -126,8 +130,9 @@ class CertificateStore:
             ("GET", deleted, self._get_deleted),
             ("DELETE", deleted, self._purge),
         ]
+        unlocked = (self._import, self._create)  # they take the lock around state themselves
         return [
-            route(method, path, handler, "keyvault", locked=handler != self._import)
+            route(method, path, handler, "keyvault", locked=handler not in unlocked)
             for method, path, handler in table
         ]
 
@@ -211,24 +216,66 @@ class CertificateStore:
             return Response(200, self._json(req.base_url, cert, cv))
 
     def _create(self, req: Request, m: re.Match[str]) -> Response:
-        self._check_free(m["name"])
+        # Not under the state lock while the key is generated (see x509util).
+        with self._lock:
+            self._check_free(m["name"])
         body = req.json()
         requested = body.get("policy") or {}
         issuer = str((requested.get("issuer") or {}).get("name") or "Unknown")
         if issuer.lower() not in ("self", "unknown"):
             raise bad(f"Issuer '{issuer}' is not configured (the emulator has Self and Unknown).")
+        parse_attributes(body.get("attributes"))
+        parse_subject(str((requested.get("x509_props") or {}).get("subject") or ""))
         key = new_key(requested.get("key_props") or {})
         policy = create_policy(requested, key)
         subject = parse_subject(policy["x509_props"]["subject"])
         csr = (
             x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
         )
-        parse_attributes(body.get("attributes"))
-        cert = self.live.setdefault(m["name"].lower(), Certificate(m["name"], policy))
-        cert.pending = Pending(key, csr, policy, body, self.pending_polls)
-        location = f"{req.base_url}/certificates/{cert.name}/pending"
-        headers = {"Location": f"{location}?api-version={req.query.get('api-version', '')}"}
-        return Response(202, self._op_json(req.base_url, cert, cert.pending), headers)
+        with self._lock:
+            self._check_free(m["name"])
+            cert = self.live.setdefault(m["name"].lower(), Certificate(m["name"], policy))
+            cert.pending = Pending(key, csr, policy, body, self.pending_polls)
+            location = f"{req.base_url}/certificates/{cert.name}/pending"
+            headers = {"Location": f"{location}?api-version={req.query.get('api-version', '')}"}
+            return Response(202, self._op_json(req.base_url, cert, cert.pending), headers)
+
+    def _in_progress(self, name: str) -> tuple[Certificate, Pending]:
+        cert = self.get(name)
+        op = cert.pending
+        if op is None or op.status != "inProgress":
+            raise HttpError(404, "PendingCertificateNotFound", "Pending certificate not found")
+        return cert, op
+
+    def _delete_pending(self, req: Request, m: re.Match[str]) -> Response:
+        cert, op = self._in_progress(m["name"])
+        cert.pending = None
+        if not cert.versions:  # never issued: nothing of it is left
+            del self.live[cert.name.lower()]
+        return Response(200, self._op_json(req.base_url, cert, op))
+
+    def _merge(self, req: Request, m: re.Match[str]) -> Response:
+        cert, op = self._in_progress(m["name"])
+        if op.policy["issuer"]["name"].lower() != "unknown":
+            raise HttpError(
+                403, "Forbidden", "Merge is only allowed for certificates with issuer 'Unknown'."
+            )
+        body = req.json()
+        x5c = body.get("x5c")
+        if not isinstance(x5c, list) or not x5c:
+            raise bad("Property x5c is required.")
+        try:
+            chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in x5c]
+        except (ValueError, TypeError) as exc:
+            raise bad("The specified X.509 certificate content can not be read.") from exc
+        leaf = chain[0]
+        if leaf.public_key() != op.key.public_key():
+            raise bad("Public key from x509 certificate and key of this instance doesn't match")
+        cv = CertVersion(leaf, op.key, chain[1:])
+        request = {**op.request, **{k: body[k] for k in ("attributes", "tags") if k in body}}
+        self._add(cert.name, op.policy, cv, request)
+        op.status = "completed"
+        return Response(201, self._json(req.base_url, cert, cv))
 
     def _op_json(self, base: str, cert: Certificate, op: Pending) -> dict[str, Any]:
         done = op.status == "completed"
