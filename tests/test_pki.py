@@ -21,7 +21,7 @@ from typing import TypeVar
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
@@ -989,3 +989,37 @@ def test_rotation_due(
 def test_rotation_due_rejects_negative_threshold(intermediate: CertKeyPair) -> None:
     with pytest.raises(PkiError, match="threshold_days"):
         pki.rotation_due(intermediate.cert, now=NOW, threshold_days=-1)
+
+
+# ------------------------------------------------- intermediates for a key made elsewhere
+
+
+def test_an_intermediate_is_issued_for_the_public_key_it_is_given(
+    root: CertKeyPair, small_ca: CertKeyPair
+) -> None:
+    # As when Key Vault generated the key and handed out only a CSR.
+    cert = pki.issue_intermediate_ca(
+        root, small_ca.key.public_key(), cluster="vault-made", now=NOW, key_size=SMALL
+    )
+    assert cert.public_key() == small_ca.key.public_key()
+    assert cert.subject == pki.intermediate_ca_subject("vault-made")
+    assert pki.signed_by(cert, root.cert)
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert (constraints.ca, constraints.path_length) == (True, 0)
+
+
+@pytest.mark.parametrize(
+    ("public_key", "expected"),
+    [
+        (
+            ec.generate_private_key(ec.SECP256R1()).public_key(),
+            "must be RSA 4096; got EC 256",
+        ),
+        (rsa.generate_private_key(65537, SMALL).public_key(), "must be RSA 4096; got RSA 2048"),
+    ],
+)
+def test_an_intermediate_key_of_the_wrong_kind_is_refused(
+    root: CertKeyPair, public_key: object, expected: str
+) -> None:
+    with pytest.raises(PkiError, match=expected):
+        pki.issue_intermediate_ca(root, public_key, cluster="c", now=NOW)  # type: ignore[arg-type]

@@ -33,6 +33,8 @@ from meshflow.pki.issuance import (
     generate_ingress_leaf,
     generate_intermediate_ca,
     generate_root_ca,
+    intermediate_ca_subject,
+    issue_intermediate_ca,
 )
 from meshflow.pki.report import BundleReport, inspect_bundle, san_strings, validate_bundle
 from meshflow.pki.verify import (
@@ -70,6 +72,8 @@ __all__ = [
     "generate_intermediate_ca",
     "generate_root_ca",
     "inspect_bundle",
+    "intermediate_ca_subject",
+    "issue_intermediate_ca",
     "issuer_problem",
     "load_cert_key_pair",
     "load_pem_chain",

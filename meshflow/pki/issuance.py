@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshflow.pki._base import (
@@ -114,8 +115,84 @@ def generate_root_ca(
         (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
     ]
     # Self-signed: the root is its own issuer.
-    cert = _sign(name, key, name, key, (not_before, not_after), extensions)
+    cert = _sign(name, key.public_key(), name, key, (not_before, not_after), extensions)
     return CertKeyPair(cert=cert, key=key)
+
+
+def intermediate_ca_subject(
+    cluster: str, *, organization: str = "Istio", common_name: str = "Intermediate CA"
+) -> x509.Name:
+    """``O=Istio, CN=Intermediate CA, L=<cluster>``: a cluster's intermediate CA subject.
+
+    Raises:
+        PkiError: ``cluster`` is empty or too long for subject L.
+    """
+    if not cluster or len(cluster) > _MAX_LOCALITY_LEN:
+        raise PkiError(
+            f"cluster name must be 1..{_MAX_LOCALITY_LEN} characters (it becomes subject L); "
+            f"got {len(cluster)}"
+        )
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.LOCALITY_NAME, cluster),
+        ]
+    )
+
+
+def issue_intermediate_ca(
+    root: CertKeyPair,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    cluster: str,
+    now: datetime,
+    key_size: int = CA_KEY_SIZE,
+    days: int = INTERMEDIATE_DAYS,
+    san_dns: str = ISTIOD_SAN,
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> x509.Certificate:
+    """Sign a cluster's intermediate CA certificate (istiod's ``ca-cert.pem``) for ``public_key``.
+
+    The key is someone else's (Key Vault generates it and hands out only a CSR); ``root`` signs.
+    The subject is :func:`intermediate_ca_subject`, with basicConstraints ``CA:true, pathlen:0``
+    so istiod can sign workloads but not further CAs. notAfter is clamped to the root's
+    notAfter (and notBefore to the root's notBefore): a certificate cannot usefully outlive the
+    root it chains to, and verifiers would reject it then anyway.
+
+    Args:
+        root: The signing root CA with its key.
+        public_key: The intermediate's public key: RSA of exactly ``key_size`` bits.
+        cluster: Cluster name, stored as subject L.
+        now: Current time, timezone-aware.
+        key_size: RSA modulus bits the key must have; Istio uses 4096.
+        days: Validity in days before clamping.
+        san_dns: The DNS subjectAltName istiod serves under.
+        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
+
+    Raises:
+        PkiError: A parameter is out of range, the key is not RSA of ``key_size`` bits, or
+            ``root`` cannot issue CAs now.
+    """
+    now = checked_now(now)
+    name = intermediate_ca_subject(cluster)
+    san_dns = _dns_name(san_dns)
+    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size != key_size:
+        kind = type(public_key).__name__.removesuffix("PublicKey").lstrip("_").upper()
+        raise PkiError(
+            f"the intermediate CA key of {cluster!r} must be RSA {key_size}; "
+            f"got {kind} {getattr(public_key, 'key_size', '?')}"
+        )
+    _check_issuer(root, now, issues_ca=True)
+    not_before, not_after = _validity(now, days, backdate, issuer=root.cert)
+    extensions: _Extensions = [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (_CA_KEY_USAGE, True),
+        (x509.SubjectAlternativeName([x509.DNSName(san_dns)]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (_authority_key_id(root.cert), False),
+    ]
+    return _sign(name, public_key, root.cert.subject, root.key, (not_before, not_after), extensions)
 
 
 def generate_intermediate_ca(
@@ -125,62 +202,28 @@ def generate_intermediate_ca(
     now: datetime,
     key_size: int = CA_KEY_SIZE,
     days: int = INTERMEDIATE_DAYS,
-    organization: str = "Istio",
-    common_name: str = "Intermediate CA",
     san_dns: str = ISTIOD_SAN,
     backdate: timedelta = DEFAULT_BACKDATE,
 ) -> CertKeyPair:
-    """Create a cluster's intermediate CA (istiod's plug-in ``ca-cert.pem``), signed by ``root``.
+    """A new key and :func:`issue_intermediate_ca` for it: the offline form (tests, exports).
 
-    The subject is ``O=Istio, CN=Intermediate CA, L=<cluster>``, with
-    basicConstraints ``CA:true, pathlen:0`` so istiod can sign workloads but
-    not further CAs. notAfter is clamped to the root's notAfter (and
-    notBefore to the root's notBefore): a certificate cannot usefully
-    outlive the root it chains to, and verifiers would reject it then anyway.
-
-    Args:
-        root: The signing root CA with its key.
-        cluster: Cluster name, stored as subject L.
-        now: Current time, timezone-aware.
-        key_size: RSA modulus bits; Istio uses 4096.
-        days: Validity in days before clamping.
-        organization: Subject O.
-        common_name: Subject CN.
-        san_dns: The DNS subjectAltName istiod serves under.
-        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
-
-    Returns:
-        The intermediate certificate and its new private key.
+    meshflow's flows let Key Vault generate the key instead (see :mod:`tasks.pki`).
 
     Raises:
         PkiError: A parameter is out of range, or ``root`` cannot issue CAs now.
     """
-    now = checked_now(now)
-    if not cluster or len(cluster) > _MAX_LOCALITY_LEN:
-        raise PkiError(
-            f"cluster name must be 1..{_MAX_LOCALITY_LEN} characters (it becomes subject L); "
-            f"got {len(cluster)}"
-        )
-    san_dns = _dns_name(san_dns)
-    _check_issuer(root, now, issues_ca=True)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.LOCALITY_NAME, cluster),
-        ]
-    )
-    not_before, not_after = _validity(now, days, backdate, issuer=root.cert)
-    # Generate the key last: it is the slow step, so bad input fails fast.
+    intermediate_ca_subject(cluster)  # bad input fails before the slow key generation
     key = _new_rsa_key(key_size)
-    extensions: _Extensions = [
-        (x509.BasicConstraints(ca=True, path_length=0), True),
-        (_CA_KEY_USAGE, True),
-        (x509.SubjectAlternativeName([x509.DNSName(san_dns)]), False),
-        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
-        (_authority_key_id(root.cert), False),
-    ]
-    cert = _sign(name, key, root.cert.subject, root.key, (not_before, not_after), extensions)
+    cert = issue_intermediate_ca(
+        root,
+        key.public_key(),
+        cluster=cluster,
+        now=now,
+        key_size=key_size,
+        days=days,
+        san_dns=san_dns,
+        backdate=backdate,
+    )
     return CertKeyPair(cert=cert, key=key)
 
 
@@ -242,7 +285,8 @@ def generate_ingress_leaf(
         (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
         (_authority_key_id(issuer.cert), False),
     ]
-    cert = _sign(name, key, issuer.cert.subject, issuer.key, (not_before, not_after), extensions)
+    validity = (not_before, not_after)
+    cert = _sign(name, key.public_key(), issuer.cert.subject, issuer.key, validity, extensions)
     return CertKeyPair(cert=cert, key=key)
 
 
@@ -306,7 +350,7 @@ def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 def _sign(
     subject: x509.Name,
-    key: PrivateKey,
+    public_key: CertificatePublicKeyTypes,
     issuer_name: x509.Name,
     issuer_key: PrivateKey,
     validity: tuple[datetime, datetime],
@@ -316,7 +360,7 @@ def _sign(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(public_key)
         # 159 random bits: unpredictable, positive and within RFC 5280's 20 octets.
         .serial_number(x509.random_serial_number())
         .not_valid_before(validity[0])
