@@ -3,12 +3,15 @@
 Reads like the runbook (steps 01-11 of ``shared/SYSTEM.md``); each step waits only for what it
 needs, so the slow cloud calls of different steps overlap:
 
-1. ``ensure-root-ca``: the mesh's one trust anchor (02-03), before anything is signed.
+1. ``ensure-root-ca``: the mesh's one trust anchor (02-03), before anything is signed. Beside
+   it, ``request-intermediate-ca`` per cluster has Key Vault generate the cluster's next
+   intermediate key where one will be needed (the slow part of 02; it needs no root).
 2. At once: the ingress certificates (16, 19; used only by the ingress steps) and
    ``install-cluster`` for every cluster: credentials (01), namespaces and the
    SecretProviderClass (04, 05) while the cluster's intermediate CA is ensured in Key Vault
-   (02-03), then Istio (06, 07), which mounts that CA, the istio-reader identity (08, source
-   side) and the sample workload (10). Async sub-flows gathered with ``asyncio.gather`` run
+   (02-03: the waiting key's CSR signed by the root, the certificate merged), then Istio (06,
+   07), which mounts that CA, the istio-reader identity (08, source side) and the sample
+   workload (10). Async sub-flows gathered with ``asyncio.gather`` run
    concurrently. Each takes ``(spec, cluster)`` so it can also run as its own deployment on a
    work pool.
 3. Join, per ordered pair: as soon as both of its clusters are installed, the pair exchanges
@@ -53,6 +56,7 @@ from tasks.pki import (
     ensure_ingress_certificate,
     ensure_intermediate_ca,
     ensure_root_ca,
+    request_intermediate_ca,
 )
 
 
@@ -238,7 +242,10 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     """Build the multi-primary mesh of ``spec``: root CA, clusters in parallel, join, validate."""
     logger = get_run_logger()
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
-    root = await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
+    names = [c.name for c in spec.clusters]
+    root = asyncio.ensure_future(ensure_root_ca(kv, names, settings, root_kv))
+    keys = [asyncio.ensure_future(request_intermediate_ca(kv, n, settings, root_kv)) for n in names]
+    await _settled([root, *keys])
     installs = {c.name: asyncio.ensure_future(install_cluster(spec, c.name)) for c in spec.clusters}
     ingress = asyncio.ensure_future(ensure_ingress_certificate(kv, settings, root_kv))
     frontend = asyncio.ensure_future(
@@ -253,7 +260,7 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     report = MeshReport(
         environment=spec.environment,
         revision=spec.istio_revision,
-        shared_pki=(*root, ingress.result(), frontend.result()),
+        shared_pki=(*root.result(), ingress.result(), frontend.result()),
         clusters=tuple(clusters),
         remote_secrets=tuple(secrets),
         access=tuple(access),

@@ -19,6 +19,7 @@ from tasks.pki import (
     ensure_ingress_certificate,
     ensure_intermediate_ca,
     ensure_root_ca,
+    request_intermediate_ca,
 )
 
 
@@ -56,7 +57,11 @@ async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
     names = [c.name for c in spec.clusters]
 
     async def signed_by_root() -> list[ObjectRef]:
-        root = await ensure_root_ca(kv, names, settings, root_kv)
+        # Key Vault generates the intermediate keys that will be needed while the root is ensured.
+        root, _ = await asyncio.gather(
+            ensure_root_ca(kv, names, settings, root_kv),
+            asyncio.gather(*(request_intermediate_ca(kv, n, settings, root_kv) for n in names)),
+        )
         intermediates, ingress = await asyncio.gather(
             asyncio.gather(*(ensure_intermediate_ca(kv, n, settings, root_kv) for n in names)),
             ensure_ingress_certificate(kv, settings, root_kv),

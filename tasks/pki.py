@@ -9,8 +9,12 @@ Objects (names fixed by the SecretProviderClass of step 04 and the App Gateway o
   access policy names the deployer alone, because the clusters' secrets-provider identities get
   *get* on every secret of the mesh vault.
 - secret ``root-cert``: the root PEM (public).
-- per cluster: certificate ``<cluster>-ca-cert`` (intermediate + key, PKCS#12 import) and secret
-  ``<cluster>-cert-chain`` (intermediate PEM then root PEM).
+- per cluster: certificate ``<cluster>-ca-cert`` (intermediate + key, PKCS#12) and secret
+  ``<cluster>-cert-chain`` (intermediate PEM then root PEM). Key Vault generates the key (a
+  creation with issuer ``Unknown``); meshflow signs the CSR with the root and merges the
+  certificate, so the intermediate's key is never in the flow's memory. The request can start
+  before the root exists (:func:`request_intermediate_ca`): the slow key generation then overlaps
+  the root step.
 - certificate ``frontend-certificate`` (App Gateway listener) and ``echoserver`` (ingress
   backend leaf signed by the Istio root, with a DNS SAN).
 
@@ -21,9 +25,10 @@ by the next run instead of leaving a chain that no key backs. Checks read public
 only (Key Vault binds each certificate version to the key imported with it); the root's key is
 read, and matched to its certificate, only when something must be signed, and whatever it signs
 is verified against the root before it is stored. Loading a 4096-bit key costs about 0.25 s of
-CPU (OpenSSL's key check), so a converged run reads no key at all. Keys are generated and used in
-memory inside one task; tasks return :class:`~tasks.keyvault.ObjectRef` values only. Retries:
-transient Key Vault errors only (see :mod:`tasks.retry`).
+CPU (OpenSSL's key check), so a converged run reads no key at all. The root and ingress keys
+are generated and used in memory inside one task; tasks return
+:class:`~tasks.keyvault.ObjectRef` values only. Retries: transient Key Vault errors only (see
+:mod:`tasks.retry`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from prefect import task
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
 
 from blocks import KeyVault, load_block
 from meshflow import pki
@@ -63,7 +69,10 @@ from tasks.keyvault import (
     get_secret_value,
     import_cert_key,
     load_cert_key,
+    merge_issued,
+    pending_csr,
     public_cert,
+    request_certificate,
     vault_clients,
 )
 from tasks.retry import TRANSIENT_RETRIES
@@ -159,8 +168,10 @@ def _existing_mesh_objects(
     # One listing instead of a read per cluster: this runs on every first install.
     wanted = {ca_certificate_name(c) for c in clusters}
     found = [ROOT_CERT_SECRET] if get_secret_value(secrets, ROOT_CERT_SECRET) is not None else []
-    found += sorted(
-        str(p.name) for p in certs.list_properties_of_certificates() if p.name in wanted
+    found += sorted(  # issued ones only: a creation still pending (no thumbprint) is no trace
+        str(p.name)
+        for p in certs.list_properties_of_certificates()
+        if p.name in wanted and p.x509_thumbprint
     )
     return found
 
@@ -232,15 +243,17 @@ def _ensure_intermediate_ca(
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
         if stored is None or _reissue_reason(public_cert(stored), root.cert, now, settings):
-            issued = pki.generate_intermediate_ca(
+            csr = _intermediate_csr(certs, cluster, settings)
+            ca = pki.issue_intermediate_ca(
                 root.signer(),
+                csr.public_key(),
                 cluster=cluster,
                 now=now,
                 key_size=settings.ca_key_size,
                 days=settings.intermediate_days,
             )
-            ca = _issued(issued, root.cert).cert
-            cert = import_cert_key(certs, name, issued, tags=TAGS | {"cluster": cluster})
+            pki.verify_signed_by(ca, root.cert)
+            cert = merge_issued(certs, name, [ca], tags=TAGS | {"cluster": cluster})
         else:
             ca = public_cert(stored)
             cert = cert_ref(stored, written=False)
@@ -252,6 +265,61 @@ def _ensure_intermediate_ca(
             tags=TAGS | {"cluster": cluster},
         )
     return [cert, describe(chain_ref, ca)]
+
+
+def _intermediate_csr(
+    certs: CertificateClient, cluster: str, settings: PkiSettings
+) -> x509.CertificateSigningRequest:
+    """The CSR of a new key for ``cluster``'s intermediate: Key Vault's pending one, or new."""
+    name, subject = ca_certificate_name(cluster), pki.intermediate_ca_subject(cluster)
+    csr = pending_csr(certs, name, subject, settings.ca_key_size) or request_certificate(
+        certs, name, subject, settings.ca_key_size
+    )
+    if not csr.is_signature_valid:
+        raise KeyVaultError(f"the pending creation of {name!r} has a CSR that does not verify")
+    return csr
+
+
+class IntermediateRequest(BaseModel):
+    """Whether a new key for ``cluster``'s intermediate CA waits in Key Vault, and why."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    certificate: str
+    requested: bool
+    reason: str
+
+
+def _request_intermediate_ca(
+    key_vault_block: str,
+    cluster: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> IntermediateRequest:
+    """Start Key Vault generating ``cluster``'s next intermediate key, if one will be needed.
+
+    Key generation (RSA 4096: up to a second) needs no root, so it can run while the root is
+    ensured; :func:`_ensure_intermediate_ca` then signs the waiting CSR, or requests one
+    itself. Requests nothing when the intermediate is current, or when the root is missing but
+    the intermediate exists (the root step refuses that mesh, see :func:`_ensure_root_ca`).
+    """
+    vault = load_block(KeyVault, key_vault_block)
+    name = ca_certificate_name(cluster)
+    with vault_clients(_root_vault(vault, root_key_vault_block)) as (_, root_certs):
+        root = get_certificate(root_certs, ROOT_CA)
+    with vault_clients(vault) as (_, certs):
+        stored = get_certificate(certs, name)
+        if root is None:
+            reason = "a new mesh: no root CA and no intermediate yet" if stored is None else None
+        elif stored is None:
+            reason = "it does not exist yet"
+        else:
+            reason = _reissue_reason(public_cert(stored), public_cert(root), _now(), settings)
+        if reason is not None:
+            _intermediate_csr(certs, cluster, settings)
+    return IntermediateRequest(
+        cluster=cluster, certificate=name, requested=reason is not None, reason=reason or "current"
+    )
 
 
 def _reissue_reason(
@@ -362,6 +430,24 @@ async def ensure_intermediate_ca(
     """Ensure ``<cluster>-ca-cert`` and ``<cluster>-cert-chain`` (steps 02-03, per cluster)."""
     return await run_blocking(
         _ensure_intermediate_ca, key_vault_block, cluster, settings, root_key_vault_block
+    )
+
+
+@task(
+    name="request-intermediate-ca",
+    task_run_name="request-intermediate-ca-{cluster}",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRIES,
+)
+async def request_intermediate_ca(
+    key_vault_block: str,
+    cluster: str,
+    settings: PkiSettings,
+    root_key_vault_block: str | None = None,
+) -> IntermediateRequest:
+    """Have Key Vault generate ``cluster``'s next intermediate key now, if one will be needed."""
+    return await run_blocking(
+        _request_intermediate_ca, key_vault_block, cluster, settings, root_key_vault_block
     )
 
 
