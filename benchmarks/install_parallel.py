@@ -16,7 +16,7 @@ Runs, each from an empty vault and fresh clusters:
 4. ``install_mesh`` again on the 4 installed clusters (nothing to change).
 
 The critical path is computed from the task runs Prefect recorded for each run 2: the longest
-chain of dependent work (root CA, beside it the intermediate key requests; then per cluster the
+chain of dependent work (root CA, beside it each cluster's key request; then per cluster the
 longer of credentials → namespaces and its intermediate CA, then Istio and the sample workload;
 then per pair its remote secret and its check; then the data-plane checks), i.e. the wall time
 with zero orchestration overhead.
@@ -169,10 +169,11 @@ async def recorded_runs(parent_id: UUID, timeout: float = 120) -> tuple[list[Any
 async def critical_path(parent_id: UUID) -> dict[str, float]:
     """The longest dependent chain of task work under the ``install-mesh`` run ``parent_id``.
 
-    The flow's dependencies: root CA (beside it, the intermediate key requests) → each
-    cluster: max(credentials → namespaces, its intermediate CA) → Istio → sample workload; each
-    ordered pair (s, t), once both clusters are installed: its remote secret → its check; then
-    the data-plane checks. The ingress certificates run beside the clusters. Runs are matched
+    The flow's dependencies: root CA and, beside it, each cluster's key request → each cluster
+    (once both are done): max(credentials → namespaces, its intermediate CA) → Istio → sample
+    workload; each ordered pair (s, t), once both clusters are installed: its remote secret →
+    its check; then the data-plane checks. The ingress certificate follows the root; the
+    frontend certificate needs nothing. Runs are matched
     by the names the flow gives them (``install-cluster-<c>``,
     ``exchange-remote-secret-<s>-to-<t>``, ...).
     """
@@ -199,10 +200,12 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
         ca = longest(run_id, "ensure-intermediate-ca")
         return max(prepare, ca) + longest(run_id, "install-istio") + _seconds(post)
 
-    clusters = {
-        f.name.removeprefix("install-cluster-"): cluster_path(f.id)
+    root = longest(parent_id, "ensure-root-ca")
+    clusters = {  # from the start: after the root and the cluster's own key request
+        name: max(root, longest(parent_id, f"request-intermediate-ca-{name}")) + cluster_path(f.id)
         for f in subflows
         if _FLOW_NAMES.get(f.flow_id) == "install-cluster"
+        for name in [f.name.removeprefix("install-cluster-")]
     }
     pairs = [
         max(clusters[s], clusters[t])
@@ -212,14 +215,14 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
         for t in clusters
         if s != t
     ]
-    ingress = max(longest(parent_id, "ensure-ingress"), longest(parent_id, "ensure-frontend"))
+    ingress = root + longest(parent_id, "ensure-ingress")
+    frontend = longest(parent_id, "ensure-frontend")  # needs no root
     return {
-        "root CA (intermediate keys requested beside it)": max(
-            longest(parent_id, "ensure-root-ca"), longest(parent_id, "request-intermediate-ca")
-        ),
-        "slowest cluster, then its pairs (or the ingress certificates)": max(
-            [*clusters.values(), *pairs, ingress]
-        ),
+        "root CA": root,
+        "then the slowest cluster (or its key request) and its pairs": max(
+            [*clusters.values(), *pairs, ingress, frontend]
+        )
+        - root,
         "data-plane checks": max(
             longest(parent_id, "check-istiod-sync"), longest(parent_id, "call-echoserver-across")
         ),

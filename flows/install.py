@@ -5,15 +5,15 @@ needs, so the slow cloud calls of different steps overlap:
 
 1. ``ensure-root-ca``: the mesh's one trust anchor (02-03), before anything is signed. Beside
    it, ``request-intermediate-ca`` per cluster has Key Vault generate the cluster's next
-   intermediate key where one will be needed (the slow part of 02; it needs no root).
-2. At once: the ingress certificates (16, 19; used only by the ingress steps) and
-   ``install-cluster`` for every cluster: credentials (01), namespaces and the
-   SecretProviderClass (04, 05) while the cluster's intermediate CA is ensured in Key Vault
-   (02-03: the waiting key's CSR signed by the root, the certificate merged), then Istio (06,
-   07), which mounts that CA, the istio-reader identity (08, source side) and the sample
-   workload (10). Async sub-flows gathered with ``asyncio.gather`` run
-   concurrently. Each takes ``(spec, cluster)`` so it can also run as its own deployment on a
-   work pool.
+   intermediate key where one will be needed (the slow part of 02; it needs no root), and the
+   frontend certificate (16) is ensured: Key Vault signs it itself.
+2. Once the root is there: the ingress backend certificate (19) and, as soon as its own key
+   waits in Key Vault too, ``install-cluster`` for each cluster: credentials (01), namespaces
+   and the SecretProviderClass (04, 05) while the cluster's intermediate CA is ensured in Key
+   Vault (02-03: the waiting key's CSR signed by the root, the certificate merged), then Istio
+   (06, 07), which mounts that CA, the istio-reader identity (08, source side) and the sample
+   workload (10). The sub-flows are async and run concurrently. Each takes ``(spec, cluster)``
+   so it can also run as its own deployment on a work pool.
 3. Join, per ordered pair: as soon as both of its clusters are installed, the pair exchanges
    its remote secret (08) and checks it (09) with the secret's own kubeconfig. Pairs whose
    clusters are done do not wait for the slowest cluster.
@@ -28,8 +28,8 @@ re-running after any failure (or a kill) converges.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -58,6 +58,8 @@ from tasks.pki import (
     ensure_root_ca,
     request_intermediate_ca,
 )
+
+T = TypeVar("T")
 
 
 class ClusterInstall(BaseModel):
@@ -193,6 +195,15 @@ def _pairs(spec: MeshSpec) -> list[tuple[ClusterSpec, ClusterSpec]]:
     return [(s, t) for s in spec.clusters for t in spec.clusters if s.name != t.name]
 
 
+async def _after(
+    ready: Sequence[Awaitable[Any]], step: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """``step(*args)`` once everything in ``ready`` is done; a failure there is raised instead."""
+    for prerequisite in ready:
+        await prerequisite
+    return await step(*args)
+
+
 async def _join_pair(
     installed: Mapping[str, Awaitable[ClusterInstall]], source: ClusterSpec, target: ClusterSpec
 ) -> tuple[Applied, RemoteAccess]:
@@ -244,15 +255,19 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     names = [c.name for c in spec.clusters]
     root = asyncio.ensure_future(ensure_root_ca(kv, names, settings, root_kv))
-    keys = [asyncio.ensure_future(request_intermediate_ca(kv, n, settings, root_kv)) for n in names]
-    await _settled([root, *keys])
-    installs = {c.name: asyncio.ensure_future(install_cluster(spec, c.name)) for c in spec.clusters}
-    ingress = asyncio.ensure_future(ensure_ingress_certificate(kv, settings, root_kv))
-    frontend = asyncio.ensure_future(
+    keys = {
+        n: asyncio.ensure_future(request_intermediate_ca(kv, n, settings, root_kv)) for n in names
+    }
+    installs = {n: asyncio.ensure_future(_after([root, keys[n]], install_cluster, spec, n))
+                for n in names}  # fmt: skip
+    ingress = asyncio.ensure_future(
+        _after([root], ensure_ingress_certificate, kv, settings, root_kv)
+    )
+    frontend = asyncio.ensure_future(  # self-signed by Key Vault: needs no root
         ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     )
     pairs = [asyncio.ensure_future(_join_pair(installs, s, t)) for s, t in _pairs(spec)]
-    await _settled([*installs.values(), ingress, frontend, *pairs])
+    await _settled([root, *keys.values(), *installs.values(), ingress, frontend, *pairs])
     clusters = [installs[c.name].result() for c in spec.clusters]
     secrets = [p.result()[0] for p in pairs]
     access = [p.result()[1] for p in pairs]
