@@ -9,6 +9,7 @@ leaf mirrors the echoserver sample: RSA 2048, 365 days, signed by the root.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -174,25 +175,49 @@ def issue_intermediate_ca(
         PkiError: A parameter is out of range, the key is not RSA of ``key_size`` bits, or
             ``root`` cannot issue CAs now.
     """
-    now = checked_now(now)
-    name = intermediate_ca_subject(cluster)
-    san_dns = _dns_name(san_dns)
+    profile = _IntermediateProfile.checked(root, cluster, now, days, san_dns, backdate)
     if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size != key_size:
         kind = type(public_key).__name__.removesuffix("PublicKey").lstrip("_").upper()
         raise PkiError(
             f"the intermediate CA key of {cluster!r} must be RSA {key_size}; "
             f"got {kind} {getattr(public_key, 'key_size', '?')}"
         )
-    _check_issuer(root, now, issues_ca=True)
-    not_before, not_after = _validity(now, days, backdate, issuer=root.cert)
-    extensions: _Extensions = [
-        (x509.BasicConstraints(ca=True, path_length=0), True),
-        (_CA_KEY_USAGE, True),
-        (x509.SubjectAlternativeName([x509.DNSName(san_dns)]), False),
-        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
-        (_authority_key_id(root.cert), False),
-    ]
-    return _sign(name, public_key, root.cert.subject, root.key, (not_before, not_after), extensions)
+    return profile.sign(root, public_key)
+
+
+@dataclass(frozen=True)
+class _IntermediateProfile:
+    """An intermediate's subject, SAN and validity, checked before any key is made or signed."""
+
+    name: x509.Name
+    san_dns: str
+    validity: tuple[datetime, datetime]
+
+    @classmethod
+    def checked(
+        cls,
+        root: CertKeyPair,
+        cluster: str,
+        now: datetime,
+        days: int,
+        san_dns: str,
+        backdate: timedelta,
+    ) -> _IntermediateProfile:
+        now = checked_now(now)
+        name = intermediate_ca_subject(cluster)
+        san_dns = _dns_name(san_dns)
+        _check_issuer(root, now, issues_ca=True)
+        return cls(name, san_dns, _validity(now, days, backdate, issuer=root.cert))
+
+    def sign(self, root: CertKeyPair, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
+        extensions: _Extensions = [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (_CA_KEY_USAGE, True),
+            (x509.SubjectAlternativeName([x509.DNSName(self.san_dns)]), False),
+            (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+            (_authority_key_id(root.cert), False),
+        ]
+        return _sign(self.name, public_key, root.cert.subject, root.key, self.validity, extensions)
 
 
 def generate_intermediate_ca(
@@ -212,19 +237,10 @@ def generate_intermediate_ca(
     Raises:
         PkiError: A parameter is out of range, or ``root`` cannot issue CAs now.
     """
-    intermediate_ca_subject(cluster)  # bad input fails before the slow key generation
+    profile = _IntermediateProfile.checked(root, cluster, now, days, san_dns, backdate)
+    # Generate the key last: it is the slow step, so bad input fails fast.
     key = _new_rsa_key(key_size)
-    cert = issue_intermediate_ca(
-        root,
-        key.public_key(),
-        cluster=cluster,
-        now=now,
-        key_size=key_size,
-        days=days,
-        san_dns=san_dns,
-        backdate=backdate,
-    )
-    return CertKeyPair(cert=cert, key=key)
+    return CertKeyPair(cert=profile.sign(root, key.public_key()), key=key)
 
 
 def generate_ingress_leaf(
