@@ -242,7 +242,10 @@ def _ensure_intermediate_ca(
     name = ca_certificate_name(cluster)
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
-        if stored is None or _reissue_reason(public_cert(stored), root.cert, now, settings):
+        if stored is not None and not _intermediate_due(stored, root.cert, now, settings):
+            ca = public_cert(stored)
+            cert = cert_ref(stored, written=False)
+        else:
             csr = _intermediate_csr(certs, cluster, settings)
             ca = pki.issue_intermediate_ca(
                 root.signer(),
@@ -254,9 +257,6 @@ def _ensure_intermediate_ca(
             )
             pki.verify_signed_by(ca, root.cert)
             cert = merge_issued(certs, name, [ca], tags=TAGS | {"cluster": cluster})
-        else:
-            ca = public_cert(stored)
-            cert = cert_ref(stored, written=False)
         chain_ref = ensure_secret_value(
             secrets,
             cert_chain_secret_name(cluster),
@@ -311,15 +311,25 @@ def _request_intermediate_ca(
         stored = get_certificate(certs, name)
         if root is None:
             reason = "a new mesh: no root CA and no intermediate yet" if stored is None else None
-        elif stored is None:
-            reason = "it does not exist yet"
         else:
-            reason = _reissue_reason(public_cert(stored), public_cert(root), _now(), settings)
+            reason = _intermediate_due(stored, public_cert(root), _now(), settings)
         if reason is not None:
             _intermediate_csr(certs, cluster, settings)
     return IntermediateRequest(
         cluster=cluster, certificate=name, requested=reason is not None, reason=reason or "current"
     )
+
+
+def _intermediate_due(
+    stored: KeyVaultCertificate | None,
+    root: x509.Certificate,
+    now: dt.datetime,
+    settings: PkiSettings,
+) -> str | None:
+    """Why a cluster's intermediate needs a new key and certificate; None while it is current."""
+    if stored is None:
+        return "it does not exist yet"
+    return _reissue_reason(public_cert(stored), root, now, settings)
 
 
 def _reissue_reason(
