@@ -149,11 +149,16 @@ class Sandbox:
 
     # -- status and down --------------------------------------------------------------------
 
-    def _recorded(self) -> list[tuple[int, str]]:
+    def _recorded(self) -> list[tuple[str, int, str]]:
+        """``(name for the user, pid, marker)`` of every process :meth:`up` recorded."""
         state = self.state() or {}
-        recorded = [(p, c["directory"]) for c in state.get("clusters", []) for p in c["pids"]]
+        recorded = [
+            (f"{c['name']} {proc}", pid, c["directory"])
+            for c in state.get("clusters", [])
+            for proc, pid in zip(kube.PROCESSES, c["pids"], strict=False)
+        ]
         recorded += [
-            (state[k]["pid"], self.marker)
+            (k, state[k]["pid"], self.marker)
             for k in ("emulator", "prefect", "postgres")
             if (state.get(k) or {}).get("pid")
         ]
@@ -161,24 +166,14 @@ class Sandbox:
 
     def is_healthy(self) -> bool:
         """Whether every recorded process is still running."""
-        return bool(self._recorded()) and not self.stopped()
+        recorded = self._recorded()
+        return bool(recorded) and all(processes.is_running(p, m) for _, p, m in recorded)
 
     def stopped(self) -> list[str]:
         """The recorded processes that are no longer running, named for the user."""
-        state = self.state() or {}
-        named = [
-            (f"{c['name']} {proc}", pid, c["directory"])
-            for c in state.get("clusters", [])
-            for proc, pid in zip(kube.PROCESSES, c["pids"], strict=False)
-        ]
-        named += [
-            (k, state[k]["pid"], self.marker)
-            for k in ("emulator", "prefect", "postgres")
-            if (state.get(k) or {}).get("pid")
-        ]
         return [
             f"{name} (pid {pid})"
-            for name, pid, marker in named
+            for name, pid, marker in self._recorded()
             if not processes.is_running(pid, marker)
         ]
 
@@ -215,7 +210,7 @@ class Sandbox:
         crash between starting a process and writing the state). Returns the PIDs stopped.
         """
         pg_dir = ((self.state() or {}).get("postgres") or {}).get("directory")
-        stopped = processes.stop(self._recorded())
+        stopped = processes.stop([(pid, marker) for _, pid, marker in self._recorded()])
         stopped += processes.stop(processes.running_under(self.marker))
         if pg_dir:
             postgres.remove(Path(pg_dir))
