@@ -18,7 +18,8 @@ Runs, each from an empty vault and fresh clusters:
 The critical path is computed from the task runs Prefect recorded for each run 2: the longest
 chain of dependent work (root CA, beside it each cluster's key request; then per cluster the
 longer of credentials → namespaces and its intermediate CA, then Istio and the sample workload;
-then per pair its remote secret and its check; then the data-plane checks), i.e. the wall time
+then, once every cluster is installed, each source's remote-secret exchange, then each target's
+checks of the secrets it holds; then the data-plane checks), i.e. the wall time
 with zero orchestration overhead.
 Targets (issue 4): run 2 within 1.3x of run 1; run 2 within 1.15x of its critical path.
 ``--cpu`` prints the CPU seconds each kind of process used during each run; ``--ca-key-size
@@ -59,14 +60,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.install import _data_plane, _pairs, install_cluster, install_mesh
+from flows.install import _data_plane, install_cluster, install_mesh
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import ISTIOCTL_STANDIN, kube, postgres, processes
 from sandbox import environment as env
 from sandbox.azure.admin import EmulatorAdmin, start_emulator_process
 from sandbox.prefect_server import start_prefect_server
 from tasks.aks import forget_credentials
-from tasks.kube import check_remote_secret, exchange_remote_secret
+from tasks.kube import check_remote_secrets, exchange_remote_secrets
 from tasks.pki import (
     ensure_frontend_certificate,
     ensure_ingress_certificate,
@@ -79,7 +80,7 @@ MESH_OBJECTS = ("istio-root-ca", "root-cert", "echoserver", "frontend-certificat
 
 @flow(name="install-mesh-sequential")
 async def install_mesh_sequential(spec: MeshSpec) -> None:
-    """The seed's order: the same steps, one at a time (PKI, then each cluster, then each pair)."""
+    """The seed's order: the same steps, one at a time (PKI, each cluster, each remote secret)."""
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
     for c in spec.clusters:
@@ -88,10 +89,11 @@ async def install_mesh_sequential(spec: MeshSpec) -> None:
     await ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     for c in spec.clusters:
         await install_cluster(spec, c.name)  # its CA exists: only read here
-    for s, t in _pairs(spec):
-        await exchange_remote_secret(s.aks_block, s.name, t.aks_block, t.name)
-    for s, t in _pairs(spec):
-        await check_remote_secret(t.aks_block, t.name, s.name)
+    for s in spec.clusters:
+        targets = [(t.aks_block, t.name) for t in spec.clusters if t != s]
+        await exchange_remote_secrets(s.aks_block, s.name, targets)
+    for t in spec.clusters:
+        await check_remote_secrets(t.aks_block, t.name, [s.name for s in spec.clusters if s != t])
     await _data_plane(spec)
 
 
@@ -171,11 +173,11 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
 
     The flow's dependencies: root CA and, beside it, each cluster's key request → each cluster
     (once both are done): max(credentials → namespaces, its intermediate CA) → Istio → sample
-    workload; each ordered pair (s, t), once both clusters are installed: its remote secret →
-    its check; then the data-plane checks. The ingress certificate follows the root; the
-    frontend certificate needs nothing. Runs are matched
-    by the names the flow gives them (``install-cluster-<c>``,
-    ``exchange-remote-secret-<s>-to-<t>``, ...).
+    workload; once every cluster is installed, each source's exchange into the others; each
+    target's checks once it and the exchanges into it are done; then the data-plane checks. The
+    ingress certificate follows the root; the frontend certificate needs nothing. Runs are
+    matched by the names the flow gives them (``install-cluster-<c>``,
+    ``exchange-remote-secrets-from-<s>``, ``check-remote-secrets-in-<t>``, ...).
     """
     flows, tasks = await recorded_runs(parent_id)
     children: dict[UUID, list[Any]] = defaultdict(list)
@@ -207,20 +209,21 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
         if _FLOW_NAMES.get(f.flow_id) == "install-cluster"
         for name in [f.name.removeprefix("install-cluster-")]
     }
-    pairs = [
-        max(clusters[s], clusters[t])
-        + longest(parent_id, f"exchange-remote-secret-{s}-to-{t}")
-        + longest(parent_id, f"check-remote-secret-{s}-in-{t}")
-        for s in clusters
+    everyone = max(clusters.values())  # each source's exchange waits for every cluster
+    exchanged = {
+        s: everyone + longest(parent_id, f"exchange-remote-secrets-from-{s}") for s in clusters
+    }
+    checked = [
+        max([clusters[t], *(exchanged[s] for s in clusters if s != t)])
+        + longest(parent_id, f"check-remote-secrets-in-{t}")
         for t in clusters
-        if s != t
     ]
     ingress = root + longest(parent_id, "ensure-ingress")
     frontend = longest(parent_id, "ensure-frontend")  # needs no root
     return {
         "root CA": root,
-        "then the slowest cluster (or its key request) and its pairs": max(
-            [*clusters.values(), *pairs, ingress, frontend]
+        "then the slowest cluster (or its key request), exchange, checks": max(
+            [*clusters.values(), *checked, ingress, frontend]
         )
         - root,
         "data-plane checks": max(

@@ -14,15 +14,18 @@ needs, so the slow cloud calls of different steps overlap:
    (06, 07), which mounts that CA, the istio-reader identity (08, source side) and the sample
    workload (10). The sub-flows are async and run concurrently. Each takes ``(spec, cluster)``
    so it can also run as its own deployment on a work pool.
-3. Join, per ordered pair: as soon as both of its clusters are installed, the pair exchanges
-   its remote secret (08) and checks it (09) with the secret's own kubeconfig. Pairs whose
-   clusters are done do not wait for the slowest cluster.
+3. Join, all clusters: once every sub-flow has ended, each cluster's remote secret is written
+   into every other cluster (08, one task per source), then each cluster checks every remote
+   secret it holds with the secret's own kubeconfig (09, one task per target, as
+   ``istioctl remote-clusters`` reports per cluster). N + N task runs, not 2 x N x (N - 1): a
+   task run costs the Prefect server and this process a few milliseconds each, and the pairs
+   all start at the same moment anyway, when the slowest cluster is done.
 4. Join, all clusters: istiod sync where istiod runs and the cross-cluster call (11) where there
    are nodes; otherwise "not run" with the reason.
 
-A failing cluster does not stop the others: every sub-flow and every pair that does not involve
-it runs to the end, then the flow fails with the first error. Every step is idempotent, so
-re-running after any failure (or a kill) converges.
+A failing cluster does not stop the others: every sub-flow, and the exchange and checks among
+the clusters that installed, run to the end, then the flow fails with the first error. Every
+step is idempotent, so re-running after any failure (or a kill) converges.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ from tasks.kube import (
     apply_manifests,
     call_echoserver_across,
     check_istiod_sync,
-    check_remote_secret,
-    exchange_remote_secret,
+    check_remote_secrets,
+    exchange_remote_secrets,
 )
 from tasks.pki import (
     ensure_frontend_certificate,
@@ -191,10 +194,6 @@ async def _prepare_cluster(spec: MeshSpec, c: ClusterSpec) -> tuple[str, list[Ap
     return creds.server, await apply_manifests(c.aks_block, c.name, pre)
 
 
-def _pairs(spec: MeshSpec) -> list[tuple[ClusterSpec, ClusterSpec]]:
-    return [(s, t) for s in spec.clusters for t in spec.clusters if s.name != t.name]
-
-
 async def _after(
     ready: Sequence[Awaitable[Any]], step: Callable[..., Awaitable[T]], *args: Any
 ) -> T:
@@ -204,16 +203,46 @@ async def _after(
     return await step(*args)
 
 
-async def _join_pair(
-    installed: Mapping[str, Awaitable[ClusterInstall]], source: ClusterSpec, target: ClusterSpec
-) -> tuple[Applied, RemoteAccess]:
-    """Steps 08-09 for one ordered pair, once both of its clusters are installed."""
+async def _succeeded(step: Awaitable[Any]) -> bool:
+    """Whether ``step`` ends without an error (the flow raises that error, not this)."""
+    try:
+        await step
+    except Exception:
+        return False
+    return True
+
+
+async def _exchange_from(
+    spec: MeshSpec, installed: Mapping[str, Awaitable[ClusterInstall]], source: ClusterSpec
+) -> list[Applied]:
+    """Step 08 from ``source`` into every other cluster that installed, once all have ended."""
     await installed[source.name]
+    targets = [
+        (t.aks_block, t.name)
+        for t in spec.clusters
+        if t.name != source.name and await _succeeded(installed[t.name])
+    ]
+    if not targets:  # a one-cluster mesh has no remote secret
+        return []
+    return await exchange_remote_secrets(source.aks_block, source.name, targets)
+
+
+async def _check_in(
+    spec: MeshSpec,
+    installed: Mapping[str, Awaitable[ClusterInstall]],
+    exchanged: Mapping[str, Awaitable[list[Applied]]],
+    target: ClusterSpec,
+) -> list[RemoteAccess]:
+    """Step 09 on ``target``: every remote secret written into it, once those writes ended."""
     await installed[target.name]
-    secret = await exchange_remote_secret(
-        source.aks_block, source.name, target.aks_block, target.name
-    )
-    return secret, await check_remote_secret(target.aks_block, target.name, source.name)
+    sources = [
+        s.name
+        for s in spec.clusters
+        if s.name != target.name and await _succeeded(exchanged[s.name])
+    ]
+    if not sources:
+        return []
+    return await check_remote_secrets(target.aks_block, target.name, sources)
 
 
 async def _data_plane(spec: MeshSpec) -> list[DataPlaneCheck]:
@@ -266,11 +295,14 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     frontend = asyncio.ensure_future(  # self-signed by Key Vault: needs no root
         ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     )
-    pairs = [asyncio.ensure_future(_join_pair(installs, s, t)) for s, t in _pairs(spec)]
-    await _settled([root, *keys.values(), *installs.values(), ingress, frontend, *pairs])
+    exchanges = {c.name: asyncio.ensure_future(_exchange_from(spec, installs, c))
+                 for c in spec.clusters}  # fmt: skip
+    checks = [asyncio.ensure_future(_check_in(spec, installs, exchanges, c)) for c in spec.clusters]
+    await _settled([root, *keys.values(), *installs.values(), ingress, frontend,
+                    *exchanges.values(), *checks])  # fmt: skip
     clusters = [installs[c.name].result() for c in spec.clusters]
-    secrets = [p.result()[0] for p in pairs]
-    access = [p.result()[1] for p in pairs]
+    secrets = [s for c in spec.clusters for s in exchanges[c.name].result()]
+    access = [a for check in checks for a in check.result()]
     data_plane = await _data_plane(spec)
     report = MeshReport(
         environment=spec.environment,

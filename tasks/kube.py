@@ -13,8 +13,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -35,6 +36,9 @@ from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
 from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, bool], tuple[ClusterAccess, k8s.ApiClient]] = {}
@@ -242,31 +246,52 @@ def reader_token(api: k8s.ApiClient, *, cluster: str) -> tuple[str, bytes]:
         time.sleep(0.1)
 
 
-def exchange_one(source_block: str, source: str, target_block: str, target: str) -> Applied:
-    """Write ``istio-remote-secret-<source>`` into ``target``: a token kubeconfig for source.
+def _each(fn: Callable[[T], R], items: Sequence[T], *, prefix: str) -> list[R]:
+    """``[fn(i) for i in items]``, run concurrently; the first failure is raised once all ended."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(min(len(items), 16), thread_name_prefix=prefix) as pool:
+        futures = [pool.submit(fn, i) for i in items]
+    return [f.result() for f in futures]
 
-    The token goes from the source API server to the target API server through this process's
-    memory only.
+
+def exchange_from(
+    source_block: str, source: str, targets: Sequence[tuple[str, str]]
+) -> list[Applied]:
+    """Write ``istio-remote-secret-<source>`` into every cluster of ``targets`` (block, name).
+
+    What ``istioctl create-remote-secret --context <source>`` applied to each other cluster
+    does: the source's reader token is read once and the same token kubeconfig is written into
+    every target, concurrently. The token goes from the source API server to the target API
+    servers through this process's memory only.
     """
     source_api = api_client(source_block)
     token, ca_pem = reader_token(source_api, cluster=source)
     server = cluster_access(source_block).server
     kubeconfig = token_kubeconfig(cluster_name=source, server=server, ca_pem=ca_pem, token=token)
     secret = remote_secret(source_cluster=source, kubeconfig=kubeconfig)
-    return apply_object(api_client(target_block), secret, cluster=target)
+
+    def write(target: tuple[str, str]) -> Applied:
+        return apply_object(api_client(target[0]), secret, cluster=target[1])
+
+    return _each(write, targets, prefix="meshflow-exchange")
 
 
 @task(
-    name="exchange-remote-secret",
-    task_run_name="exchange-remote-secret-{source}-to-{target}",
+    name="exchange-remote-secrets",
+    task_run_name="exchange-remote-secrets-from-{source}",
     cache_policy=NO_CACHE,
     **TRANSIENT_RETRIES,
 )
-async def exchange_remote_secret(
-    source_block: str, source: str, target_block: str, target: str
-) -> Applied:
-    """Step 08 for one ordered pair: let ``target``'s istiod read ``source``. Idempotent."""
-    return await run_blocking(exchange_one, source_block, source, target_block, target)
+async def exchange_remote_secrets(
+    source_block: str, source: str, targets: list[tuple[str, str]]
+) -> list[Applied]:
+    """Step 08 from one source: let every target's istiod read ``source``. Idempotent.
+
+    ``targets`` are (AKS block, cluster name) pairs. One task per source, not per pair: a mesh
+    of N clusters has N of these instead of N x (N - 1) task runs.
+    """
+    return await run_blocking(exchange_from, source_block, source, targets)
 
 
 # -- Validation ------------------------------------------------------------------------------
@@ -346,15 +371,27 @@ def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
     )
 
 
+def check_into(target_block: str, target: str, sources: Sequence[str]) -> list[RemoteAccess]:
+    """:func:`check_one` for each of ``sources``' remote secrets in ``target``, concurrently."""
+    return _each(lambda s: check_one(target_block, target, s), sources, prefix="meshflow-check")
+
+
 @task(
-    name="check-remote-secret",
-    task_run_name="check-remote-secret-{source}-in-{target}",
+    name="check-remote-secrets",
+    task_run_name="check-remote-secrets-in-{target}",
     cache_policy=NO_CACHE,
     **TRANSIENT_RETRIES,
 )
-async def check_remote_secret(target_block: str, target: str, source: str) -> RemoteAccess:
-    """Step 09, natively: reach ``source`` with the secret in ``target``; review reader rights."""
-    return await run_blocking(check_one, target_block, target, source)
+async def check_remote_secrets(
+    target_block: str, target: str, sources: list[str]
+) -> list[RemoteAccess]:
+    """Step 09, natively, on one cluster: reach each source with its secret stored in ``target``.
+
+    What ``istioctl remote-clusters --context <target>`` reports per remote, from the API side:
+    each secret's kubeconfig authenticates to its source, whose reader may list and watch what
+    istiod needs.
+    """
+    return await run_blocking(check_into, target_block, target, sources)
 
 
 class DataPlaneCheck(BaseModel):
