@@ -80,7 +80,7 @@ MESH_OBJECTS = ("istio-root-ca", "root-cert", "echoserver", "frontend-certificat
 
 @flow(name="install-mesh-sequential")
 async def install_mesh_sequential(spec: MeshSpec) -> None:
-    """The seed's order: the same steps, one at a time (PKI, each cluster, each remote secret)."""
+    """The seed's order: the same steps, one at a time (PKI, each cluster, each ordered pair)."""
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
     for c in spec.clusters:
@@ -89,11 +89,11 @@ async def install_mesh_sequential(spec: MeshSpec) -> None:
     await ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
     for c in spec.clusters:
         await install_cluster(spec, c.name)  # its CA exists: only read here
-    for s in spec.clusters:
-        targets = [(t.aks_block, t.name) for t in spec.clusters if t != s]
-        await exchange_remote_secrets(s.aks_block, s.name, targets)
-    for t in spec.clusters:
-        await check_remote_secrets(t.aks_block, t.name, [s.name for s in spec.clusters if s != t])
+    pairs = [(s, t) for s in spec.clusters for t in spec.clusters if s != t]
+    for s, t in pairs:  # the seed: one create-remote-secret | kubectl apply at a time
+        await exchange_remote_secrets(s.aks_block, s.name, [(t.aks_block, t.name)])
+    for s, t in pairs:
+        await check_remote_secrets(t.aks_block, t.name, [s.name])
     await _data_plane(spec)
 
 

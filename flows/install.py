@@ -15,12 +15,14 @@ needs, so the slow cloud calls of different steps overlap:
    workload (10). The sub-flows are async and run concurrently. Each takes ``(spec, cluster)``
    so it can also run as its own deployment on a work pool.
 3. Join, all clusters: once every sub-flow has ended, each cluster's remote secret is written
-   into every other cluster (08, one task per source), then each cluster checks every remote
-   secret it holds with the secret's own kubeconfig (09, one task per target, as
-   ``istioctl remote-clusters`` reports per cluster). N + N task runs, not 2 x N x (N - 1): each
-   task run costs the Prefect server tens of milliseconds of CPU (measured: about 2 CPU-seconds
-   for the 50 of a 4-cluster install), and per-pair tasks all started at the same moment anyway,
-   when the slowest cluster was done.
+   into every other cluster that installed (08, one task per source), then each cluster checks
+   the remote secret of every other installed cluster with the secret's own kubeconfig (09, one
+   task per target, as ``istioctl remote-clusters`` reports per cluster). N + N task runs, not
+   2 x N x (N - 1) as with a task per ordered pair: each task run costs the Prefect server tens
+   of milliseconds of CPU (about 2 CPU-seconds for the 50 of a 4-cluster install). The price:
+   the exchange waits for the slowest (or a failing) cluster's sub-flow to end, where a pair
+   could start once its own two clusters were done; clusters finish within a second of each
+   other, and the per-pair tasks of the last cluster cost more than that wait.
 4. Then, all clusters: istiod sync where istiod runs and the cross-cluster call (11) where there
    are nodes; otherwise "not run" with the reason.
 
@@ -234,13 +236,18 @@ async def _check_in(
     exchanged: Mapping[str, Awaitable[list[Applied]]],
     target: ClusterSpec,
 ) -> list[RemoteAccess]:
-    """Step 09 on ``target``: every remote secret written into it, once those writes ended."""
+    """Step 09 on ``target``: every other installed cluster's secret, once the exchanges ended.
+
+    A secret that an exchange failed to write is reported missing here.
+    """
     await installed[target.name]
     sources = [
         s.name
         for s in spec.clusters
-        if s.name != target.name and await _succeeded(exchanged[s.name])
+        if s.name != target.name and await _succeeded(installed[s.name])
     ]
+    for source in sources:
+        await _succeeded(exchanged[source])  # ended, either way
     if not sources:
         return []
     return await check_remote_secrets(target.aks_block, target.name, sources)

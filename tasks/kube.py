@@ -8,13 +8,14 @@ disk; the token travels only in the ``Authorization`` header.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Literal, TypeVar
 
 import urllib3
@@ -35,7 +36,7 @@ from meshflow.manifests import (
 from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
 from tasks.blocking import run_blocking
-from tasks.retry import TRANSIENT_RETRIES
+from tasks.retry import TRANSIENT_RETRIES, is_transient
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -246,13 +247,36 @@ def reader_token(api: k8s.ApiClient, *, cluster: str) -> tuple[str, bytes]:
         time.sleep(0.1)
 
 
-def _each(fn: Callable[[T], R], items: Sequence[T], *, prefix: str) -> list[R]:
-    """``[fn(i) for i in items]``, run concurrently; the first failure is raised once all ended."""
-    if len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(min(len(items), 16), thread_name_prefix=prefix) as pool:
-        futures = [pool.submit(fn, i) for i in items]
-    return [f.result() for f in futures]
+JOIN_THREADS = 16
+"""At most this many remote-secret writes or checks run at once in one flow process (each
+check opens 4 connections of its own); the join's tasks share them, so a large mesh queues
+instead of opening thousands of connections."""
+
+_join_pool = ThreadPoolExecutor(max_workers=JOIN_THREADS, thread_name_prefix="meshflow-join")
+
+
+def _each(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(i) for i in items]``, concurrently on the join's threads, in the caller's context.
+
+    Every item runs to its end. The error raised is a transient one if there is one (so the
+    task's retry policy retries it), else the first; the others are attached to it as notes.
+    """
+    futures = [_join_pool.submit(contextvars.copy_context().run, fn, i) for i in items]
+    wait(futures)
+    failures = [exc for f in futures if (exc := f.exception()) is not None]
+    if not failures:
+        return [f.result() for f in futures]
+    raised = next((e for e in failures if is_transient(e)), failures[0])
+    for other in failures:
+        if other is not raised:
+            raised.add_note(f"also failed: {_brief(other)}")
+    raise raised
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):  # its str() carries the response headers and body
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def exchange_from(
@@ -263,8 +287,11 @@ def exchange_from(
     What ``istioctl create-remote-secret --context <source>`` applied to each other cluster
     does: the source's reader token is read once and the same token kubeconfig is written into
     every target, concurrently. The token goes from the source API server to the target API
-    servers through this process's memory only.
+    servers through this process's memory only. A retry after a partial failure reports the
+    secrets the failed attempt wrote as unchanged.
     """
+    if not targets:
+        return []
     source_api = api_client(source_block)
     token, ca_pem = reader_token(source_api, cluster=source)
     server = cluster_access(source_block).server
@@ -274,7 +301,7 @@ def exchange_from(
     def write(target: tuple[str, str]) -> Applied:
         return apply_object(api_client(target[0]), secret, cluster=target[1])
 
-    return _each(write, targets, prefix="meshflow-exchange")
+    return _each(write, targets)
 
 
 @task(
@@ -373,7 +400,7 @@ def check_one(target_block: str, target: str, source: str) -> RemoteAccess:
 
 def check_into(target_block: str, target: str, sources: Sequence[str]) -> list[RemoteAccess]:
     """:func:`check_one` for each of ``sources``' remote secrets in ``target``, concurrently."""
-    return _each(lambda s: check_one(target_block, target, s), sources, prefix="meshflow-check")
+    return _each(lambda s: check_one(target_block, target, s), sources)
 
 
 @task(
