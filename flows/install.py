@@ -215,16 +215,21 @@ async def _succeeded(step: Awaitable[Any]) -> bool:
     return True
 
 
+async def _installed_others(
+    spec: MeshSpec, installed: Mapping[str, Awaitable[ClusterInstall]], cluster: ClusterSpec
+) -> list[ClusterSpec]:
+    """The clusters other than ``cluster`` whose sub-flows ended without an error."""
+    return [
+        c for c in spec.clusters if c.name != cluster.name and await _succeeded(installed[c.name])
+    ]
+
+
 async def _exchange_from(
     spec: MeshSpec, installed: Mapping[str, Awaitable[ClusterInstall]], source: ClusterSpec
 ) -> list[Applied]:
     """Step 08 from ``source`` into every other cluster that installed, once all have ended."""
     await installed[source.name]
-    targets = [
-        (t.aks_block, t.name)
-        for t in spec.clusters
-        if t.name != source.name and await _succeeded(installed[t.name])
-    ]
+    targets = [(t.aks_block, t.name) for t in await _installed_others(spec, installed, source)]
     if not targets:  # a one-cluster mesh has no remote secret
         return []
     return await exchange_remote_secrets(source.aks_block, source.name, targets)
@@ -241,11 +246,7 @@ async def _check_in(
     A secret that an exchange failed to write is reported missing here.
     """
     await installed[target.name]
-    sources = [
-        s.name
-        for s in spec.clusters
-        if s.name != target.name and await _succeeded(installed[s.name])
-    ]
+    sources = [s.name for s in await _installed_others(spec, installed, target)]
     for source in sources:
         await _succeeded(exchanged[source])  # ended, either way
     if not sources:
