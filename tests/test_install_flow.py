@@ -13,18 +13,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from kubernetes import client, config
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
 )
-from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.install import MeshReport, install_cluster, install_mesh
 from meshflow.kubeconfig import parse_kubeconfig
@@ -266,19 +264,14 @@ def test_four_clusters_install_and_join_every_pair(four_clusters: MeshSpec) -> N
     assert _run(four_clusters).writes == 0
 
 
-def _task_run_names(flow_name: str, prefixes: tuple[str, ...], expected: int) -> list[str]:
-    """Names of the newest ``flow_name`` run's task runs with ``prefixes``, once ``expected``
-    have been recorded (task-run states reach the server as events, after the flow ends)."""
+def _task_run_names(flow_run_id: UUID, prefixes: tuple[str, ...], expected: int) -> list[str]:
+    """Names of the flow run's task runs with ``prefixes``, once ``expected`` are recorded
+    (task-run states reach the server as events, after the flow ends)."""
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as prefect:
-        (newest,) = prefect.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            sort=FlowRunSort.START_TIME_DESC,
-            limit=1,
-        )
         while True:
             runs = prefect.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[newest.id])), limit=200
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
             )
             names = sorted(t.name for t in runs if t.name.startswith(prefixes))
             if len(names) >= expected or time.monotonic() > deadline:
@@ -290,9 +283,13 @@ def test_the_join_is_one_exchange_per_source_and_one_check_per_target(
     four_clusters: MeshSpec,
 ) -> None:
     # N + N task runs in the Prefect UI, not 2 x N x (N - 1) (24 for four clusters).
-    _run(four_clusters)
+    forget_credentials()
+    state = asyncio.run(install_mesh(four_clusters, return_state=True))  # type: ignore[call-overload]
+    assert state.is_completed()
     names = ("one", "two", "three", "four")
-    assert _task_run_names("install-mesh", ("exchange-remote", "check-remote"), 8) == sorted(
+    run_id = state.state_details.flow_run_id
+    recorded = _task_run_names(run_id, ("exchange-remote", "check-remote"), 8)
+    assert recorded == sorted(
         [f"exchange-remote-secrets-from-{n}" for n in names]
         + [f"check-remote-secrets-in-{n}" for n in names]
     )
