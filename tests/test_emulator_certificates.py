@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.keyvault.certificates import (
     CertificateClient,
@@ -270,3 +271,37 @@ def test_a_pending_creation_can_be_dropped(certificate_client: CertificateClient
         certificate_client.get_certificate_operation("dropped")
     with pytest.raises(ResourceNotFoundError):
         certificate_client.get_certificate("dropped")
+
+
+def test_keys_made_ahead_are_each_used_once_and_cost_their_making_time(
+    emulator: AzureEmulator, certificate_client: CertificateClient
+) -> None:
+    verify, url = str(emulator.ca_bundle), f"{emulator.url}/_emulator/keys"
+    made = requests.post(url, json={"size": 2048, "count": 2}, verify=verify, timeout=60).json()
+    assert len(made["made"]) == 2
+    assert all(s > 0 for s in made["made"])
+    assert made["ready"] == {"2048": 2}
+    assert emulator.make_keys(2048, 2) == []  # tops up to the count: nothing missing
+    bad = requests.post(url, json={"size": 1024, "count": 1}, verify=verify, timeout=5)
+    assert bad.status_code == 400
+
+    def created(name: str) -> tuple[bytes, float]:
+        policy = CertificatePolicy(issuer_name="Unknown", subject=f"CN={name}", key_size=2048)
+        start = time.monotonic()
+        op = certificate_client.begin_create_certificate(name, policy).result()
+        csr = x509.load_der_x509_csr(bytes(op.csr or b""))
+        public = csr.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return public, time.monotonic() - start
+
+    first, waited = created("ahead-1")
+    assert waited >= made["made"][0]  # the first key made, for as long as making it took
+    second, _ = created("ahead-2")
+    keys = requests.get(url, verify=verify, timeout=5).json()
+    assert keys["ready"] == {}
+    third, _ = created("ahead-3")  # none left: made on demand
+    assert len({first, second, third}) == 3
+    assert requests.get(url, verify=verify, timeout=5).json()["made_on_demand"] == (
+        keys["made_on_demand"] + 1
+    )

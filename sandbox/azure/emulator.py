@@ -33,6 +33,7 @@ from .server import (
     Router,
     route,
 )
+from .x509util import keys_made_on_demand, keys_ready, make_keys_ahead
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,14 @@ class AzureEmulator:
         with self._lock:
             return self._certificates.drop(name)
 
+    def make_keys(self, size: int, count: int) -> list[float]:
+        """Make RSA keys ahead until ``count`` of ``size`` bits wait (see x509util)."""
+        return make_keys_ahead(size, count)
+
+    def keys_ready(self) -> dict[int, int]:
+        """Keys made ahead and not yet used, per RSA key size."""
+        return keys_ready()
+
     def apply_config(self, config: dict[str, Any]) -> None:
         """Register the ``clusters`` and ``vaults`` of a config mapping."""
         for kind, register in (
@@ -254,6 +263,10 @@ class AzureEmulator:
         with self._lock:
             return target.handler(req, match)
 
+    def _keys(self) -> dict[str, Any]:
+        ready = {str(size): n for size, n in self.keys_ready().items()}
+        return {"ready": ready, "made_on_demand": keys_made_on_demand()}
+
     def _admin_routes(self) -> list[Route]:
         ok = Response(200, {"ok": True})
 
@@ -284,6 +297,15 @@ class AzureEmulator:
                 raise HttpError(404, "NotFound", f"No {m['kind'][:-1]} named {m['name']}.")
             return ok
 
+        def keys(req: Request, m: re.Match[str]) -> Response:
+            if req.method == "POST":
+                body = req.json()
+                if not isinstance(body, dict):
+                    raise HttpError(400, "BadParameter", "The body must be a JSON object.")
+                seconds = self.make_keys(int(body.get("size", 0)), int(body.get("count", 0)))
+                return Response(200, {"made": seconds, **self._keys()})
+            return Response(200, self._keys())
+
         def info(req: Request, m: re.Match[str]) -> Response:
             return Response(200, {"url": self.url, "tenant_id": self.tenant_id})
 
@@ -298,5 +320,6 @@ class AzureEmulator:
                 drop,
                 "none",
             ),
+            route("GET POST", r"/_emulator/keys", keys, "none"),
             route("GET", r"/_emulator/info", info, "none"),
         ]

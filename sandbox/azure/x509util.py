@@ -16,6 +16,7 @@ import ipaddress
 import multiprocessing
 import re
 import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .server import HttpError
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PKCS12 = "application/x-pkcs12"
 PEM = "application/x-pem-file"
+RSA_SIZES = (2048, 3072, 4096)
 _CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
 _USAGES = "digitalSignature nonRepudiation keyEncipherment dataEncipherment keyAgreement "
 _USAGES += "keyCertSign cRLSign encipherOnly decipherOnly"
@@ -97,9 +99,16 @@ def new_key(props: dict[str, Any]) -> Key:
             raise bad(f"Unsupported curve: {props.get('crv')}")
         return ec.generate_private_key(curve)
     size = int(props.get("key_size") or 2048)
-    if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
+    if kty not in ("RSA", "RSA-HSM") or size not in RSA_SIZES:
         raise bad(f"Unsupported key type or size: {kty} {size}")
-    key = _checked_key(_keygen_pool().submit(_generated_rsa_key, size).result())
+    made = _take_made_key(size)
+    if made is not None:
+        time.sleep(made.seconds)  # as long as making it took, without this machine's CPU
+        der = made.der
+    else:
+        der = _keygen_pool().submit(_generated_rsa_key, size).result()
+        _count_on_demand()
+    key = _checked_key(der)
     if not isinstance(key, Key):
         raise TypeError("the key worker returned no private key")
     return key
@@ -298,6 +307,73 @@ def _checked_pfx(
 def _generated_rsa_key(size: int) -> bytes:
     """In a worker process: a new RSA key (0.1-1 s of CPU for 4096 bits); its PKCS#8 DER."""
     return _der(rsa.generate_private_key(65537, size))
+
+
+# -- Keys made ahead, for measurements -----------------------------------------------------
+#
+# Key Vault makes keys on its own hardware: requests made at once do not slow each other, and
+# none of that work runs on the machine that runs the flow. The emulator does share that
+# machine, so its key generation competes with the flow, the API servers and the Prefect server
+# for CPU: on 2 cores, the four RSA-4096 intermediate keys of a 4-cluster install took the whole
+# machine for about 1.5 s, slowing every other process, which Azure never does. For
+# measurements, keys can be made ahead (``POST /_emulator/keys``, before the timed run): a
+# creation then takes a key made ahead, never used before, and waits as long as making that key
+# took (its CPU time in the worker), instead of making one. The latency of key generation stays
+# in the measurement, with its spread; only its CPU leaves the machine. Keys are kept in memory
+# only. Without keys made ahead (the default), keys are made on demand.
+
+
+@dataclass(frozen=True)
+class _MadeKey:
+    der: bytes  # PKCS#8, checked by the worker that made it
+    seconds: float  # CPU time its generation took
+
+
+_made_keys: dict[int, list[_MadeKey]] = {}
+_made_on_demand = 0
+
+
+def _count_on_demand() -> None:
+    global _made_on_demand
+    with _pools_lock:
+        _made_on_demand += 1
+
+
+def keys_made_on_demand() -> int:
+    """How many RSA keys requests have made on demand (none waiting ahead) so far."""
+    with _pools_lock:
+        return _made_on_demand
+
+
+def _timed_rsa_key(size: int) -> _MadeKey:
+    """In a worker process: a new RSA key and the CPU time its generation took."""
+    start = time.process_time()
+    der = _generated_rsa_key(size)
+    return _MadeKey(der, time.process_time() - start)
+
+
+def _take_made_key(size: int) -> _MadeKey | None:
+    with _pools_lock:
+        ready = _made_keys.get(size)
+        return ready.pop(0) if ready else None
+
+
+def keys_ready() -> dict[int, int]:
+    """How many keys made ahead wait, per RSA key size."""
+    with _pools_lock:
+        return {size: len(keys) for size, keys in _made_keys.items() if keys}
+
+
+def make_keys_ahead(size: int, count: int) -> list[float]:
+    """Make RSA keys of ``size`` bits until ``count`` wait; the seconds each new one took."""
+    if size not in RSA_SIZES or not 0 <= count <= 64:
+        raise bad(f"Cannot make {count} RSA keys of {size} bits ahead (sizes {RSA_SIZES}, 0-64).")
+    missing = count - keys_ready().get(size, 0)
+    futures = [_keygen_pool().submit(_timed_rsa_key, size) for _ in range(missing)]
+    made = [f.result() for f in futures]
+    with _pools_lock:
+        _made_keys.setdefault(size, []).extend(made)
+    return [m.seconds for m in made]
 
 
 def _checked_key(der: bytes) -> Any:
