@@ -7,6 +7,7 @@ sandbox differs from Azure only in the values saved in these blocks.
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import TypeVar, cast
 
 from prefect.blocks.core import Block
@@ -16,7 +17,14 @@ from blocks.aks import AksCluster
 from blocks.azure import AzureCredentials
 from blocks.keyvault import KeyVault
 
-__all__ = ["AksCluster", "AzureCredentials", "KeyVault", "forget_blocks", "load_block"]
+__all__ = [
+    "AksCluster",
+    "AzureCredentials",
+    "KeyVault",
+    "forget_blocks",
+    "load_block",
+    "read_ahead",
+]
 
 B = TypeVar("B", bound=Block)
 
@@ -48,6 +56,19 @@ def load_block(block_type: type[B], name: str) -> B:
         block = cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
         _loaded[key] = (time.monotonic(), block)
         return block
+
+
+def read_ahead(block_type: type[B], names: Iterable[str]) -> None:
+    """Read blocks now, so that :func:`load_block` reuses them when a task needs them.
+
+    For the time a flow waits anyway; a block that fails to load here is left for the load
+    that needs it, which raises the error where it belongs.
+    """
+    for name in names:
+        try:
+            load_block(block_type, name)
+        except Exception:  # noqa: S112 - the task that needs the block reports it
+            continue
 
 
 def forget_blocks() -> None:

@@ -5,8 +5,9 @@ needs, so the slow cloud calls of different steps overlap:
 
 1. ``ensure-root-ca``: the mesh's one trust anchor (02-03), before anything is signed. Beside
    it, ``request-intermediate-ca`` per cluster has Key Vault generate the cluster's next
-   intermediate key where one will be needed (the slow part of 02; it needs no root), and the
-   frontend certificate (16) is ensured: Key Vault signs it itself.
+   intermediate key where one will be needed (the slow part of 02; it needs no root), the
+   frontend certificate (16) is ensured (Key Vault signs it itself), and the clusters' blocks
+   are read for the sub-flows' first tasks.
 2. Once the root is there: the ingress backend certificate (19) and, as soon as its own key
    waits in Key Vault too, ``install-cluster`` for each cluster: credentials (01), namespaces
    and the SecretProviderClass (04, 05) while the cluster's intermediate CA is ensured in Key
@@ -23,8 +24,8 @@ needs, so the slow cloud calls of different steps overlap:
    the exchange waits for the slowest (or a failing) cluster's sub-flow to end, where a pair
    could start once its own two clusters were done; clusters finish within a second of each
    other, and the per-pair tasks of the last cluster cost more than that wait.
-4. Then, all clusters: istiod sync where istiod runs and the cross-cluster call (11) where there
-   are nodes; otherwise "not run" with the reason.
+4. Once every exchange succeeded, beside the checks of step 3: istiod sync where istiod runs
+   and the cross-cluster call (11) where there are nodes; otherwise "not run" with the reason.
 
 A failing cluster does not stop the others: every sub-flow, and the exchange and checks among
 the clusters that installed, run to the end, then the flow fails with the first error. Every
@@ -41,10 +42,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
+from blocks import AksCluster, read_ahead
 from flows.pki import PkiReport, publish_pki_report
 from meshflow.manifests import post_install_manifests, pre_install_manifests
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
+from tasks.blocking import run_blocking
 from tasks.istio import IstioInstall, install_istio
 from tasks.keyvault import ObjectRef, describe_key_vault
 from tasks.kube import (
@@ -292,6 +295,10 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     logger = get_run_logger()
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     names = [c.name for c in spec.clusters]
+    # The sub-flows' first tasks need the clusters' blocks: read them while the root is made.
+    blocks = asyncio.ensure_future(
+        run_blocking(read_ahead, AksCluster, [c.aks_block for c in spec.clusters])
+    )
     root = asyncio.ensure_future(ensure_root_ca(kv, names, settings, root_kv))
     keys = {
         n: asyncio.ensure_future(request_intermediate_ca(kv, n, settings, root_kv)) for n in names
@@ -307,12 +314,14 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     exchanges = {c.name: asyncio.ensure_future(_exchange_from(spec, installs, c))
                  for c in spec.clusters}  # fmt: skip
     checks = [asyncio.ensure_future(_check_in(spec, installs, exchanges, c)) for c in spec.clusters]
-    await _settled([root, *keys.values(), *installs.values(), ingress, frontend,
-                    *exchanges.values(), *checks])  # fmt: skip
+    # istiod finds its peers through the remote secrets: the data plane is checked once every
+    # exchange succeeded, beside the reader-access checks (a separate verification).
+    data_plane = asyncio.ensure_future(_after(list(exchanges.values()), _data_plane, spec))
+    await _settled([blocks, root, *keys.values(), *installs.values(), ingress, frontend,
+                    *exchanges.values(), *checks, data_plane])  # fmt: skip
     clusters = [installs[c.name].result() for c in spec.clusters]
     secrets = [s for c in spec.clusters for s in exchanges[c.name].result()]
     access = [a for check in checks for a in check.result()]
-    data_plane = await _data_plane(spec)
     report = MeshReport(
         environment=spec.environment,
         revision=spec.istio_revision,
@@ -320,10 +329,12 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
         clusters=tuple(clusters),
         remote_secrets=tuple(secrets),
         access=tuple(access),
-        data_plane=tuple(data_plane),
+        data_plane=tuple(data_plane.result()),
     )
-    await publish_pki_report(report.pki)
-    await acreate_markdown_artifact(report.markdown(), key=f"mesh-{spec.environment}")
+    await asyncio.gather(
+        publish_pki_report(report.pki),
+        acreate_markdown_artifact(report.markdown(), key=f"mesh-{spec.environment}"),
+    )
     logger.info(
         "mesh %s: %d clusters, %d remote secrets, %d writes, %s",
         spec.environment,

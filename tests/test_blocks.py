@@ -129,3 +129,21 @@ def test_service_principal_needs_all_three_fields(missing: str) -> None:
 def test_workload_identity_needs_no_secret() -> None:
     creds = AzureCredentials(auth="workload-identity", tenant_id="t", client_id="c")
     assert creds.client_secret is None
+
+
+def test_read_ahead_loads_what_exists_and_leaves_errors_to_the_load_that_needs_it(
+    prefect_server: PrefectServer,
+) -> None:
+    from blocks import read_ahead
+
+    kv = KeyVault(
+        vault_name="ahead", vault_url="https://127.0.0.1:1/vaults/v", credentials=_creds()
+    )
+    kv.save("ahead-kv", overwrite=True)
+    forget_blocks()
+    read_ahead(KeyVault, ["no-such-block", "ahead-kv"])  # the missing one does not stop it
+    kv.model_copy(update={"vault_name": "changed"}).save("ahead-kv", overwrite=True)
+    assert load_block(KeyVault, "ahead-kv").vault_name == "ahead"  # the block read ahead
+    with pytest.raises(ValueError, match="no-such-block"):
+        load_block(KeyVault, "no-such-block")
+    forget_blocks()
