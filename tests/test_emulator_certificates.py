@@ -284,6 +284,8 @@ def test_keys_made_ahead_are_each_used_once_and_cost_their_making_time(
     assert emulator.make_keys(2048, 2) == []  # tops up to the count: nothing missing
     bad = requests.post(url, json={"size": 1024, "count": 1}, verify=verify, timeout=5)
     assert bad.status_code == 400
+    not_a_number = requests.post(url, json={"size": "big"}, verify=verify, timeout=5)
+    assert not_a_number.status_code == 400
 
     def created(name: str) -> tuple[bytes, float]:
         policy = CertificatePolicy(issuer_name="Unknown", subject=f"CN={name}", key_size=2048)

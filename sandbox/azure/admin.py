@@ -30,13 +30,13 @@ class EmulatorAdmin:
         self.pid = pid
         self._ctx = ssl.create_default_context(cafile=str(ca_bundle))
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(  # noqa: S310 - https URL of our own emulator
             f"{self.url}/_emulator/{path}", data=data, method=method,
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        with urllib.request.urlopen(req, context=self._ctx, timeout=120) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, context=self._ctx, timeout=timeout) as resp:  # noqa: S310
             raw = resp.read()
         return json.loads(raw) if raw else None
 
@@ -62,7 +62,7 @@ class EmulatorAdmin:
         For measurements: Key Vault's key generation then costs its latency, not this machine's
         CPU (see ``sandbox.azure.x509util``).
         """
-        made = self._call("POST", "keys", {"size": size, "count": count})["made"]
+        made = self._call("POST", "keys", {"size": size, "count": count}, timeout=120)["made"]
         return [float(s) for s in made]
 
     def keys_ready(self) -> dict[int, int]:

@@ -214,6 +214,10 @@ class AzureEmulator:
         """Keys made ahead and not yet used, per RSA key size."""
         return keys_ready()
 
+    def keys_made_on_demand(self) -> int:
+        """How many RSA keys requests had the emulator make on demand so far."""
+        return keys_made_on_demand()
+
     def apply_config(self, config: dict[str, Any]) -> None:
         """Register the ``clusters`` and ``vaults`` of a config mapping."""
         for kind, register in (
@@ -265,7 +269,7 @@ class AzureEmulator:
 
     def _keys(self) -> dict[str, Any]:
         ready = {str(size): n for size, n in self.keys_ready().items()}
-        return {"ready": ready, "made_on_demand": keys_made_on_demand()}
+        return {"ready": ready, "made_on_demand": self.keys_made_on_demand()}
 
     def _admin_routes(self) -> list[Route]:
         ok = Response(200, {"ok": True})
@@ -302,7 +306,13 @@ class AzureEmulator:
                 body = req.json()
                 if not isinstance(body, dict):
                     raise HttpError(400, "BadParameter", "The body must be a JSON object.")
-                seconds = self.make_keys(int(body.get("size", 0)), int(body.get("count", 0)))
+                try:
+                    size, count = int(body.get("size", 0)), int(body.get("count", 0))
+                except (TypeError, ValueError) as exc:
+                    raise HttpError(
+                        400, "BadParameter", "size and count must be integers."
+                    ) from exc
+                seconds = self.make_keys(size, count)
                 return Response(200, {"made": seconds, **self._keys()})
             return Response(200, self._keys())
 
