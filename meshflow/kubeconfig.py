@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from meshflow import yamlio
+
 AKS_AAD_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
 """The Entra application every AAD-enabled AKS API server accepts tokens for."""
 
@@ -62,7 +64,7 @@ def parse_kubeconfig(text: str | bytes) -> ClusterAccess:
             authentication method other than the three above.
     """
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlio.load(text)
     except yaml.YAMLError as exc:
         raise KubeconfigError("kubeconfig is not valid YAML") from exc
     if not isinstance(doc, dict):
@@ -138,7 +140,7 @@ def access_kubeconfig(access: ClusterAccess) -> str:
             token=access.token,
         )  # fmt: skip
     if access.client_cert_pem and access.client_key_pem:
-        doc = yaml.safe_load(
+        doc = yamlio.load(
             token_kubeconfig(
                 cluster_name=access.context, server=access.server, ca_pem=access.ca_pem, token=""
             )

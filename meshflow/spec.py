@@ -14,6 +14,8 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from meshflow import yamlio
+
 _DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
@@ -131,7 +133,7 @@ class MeshSpec(_Frozen):
     @classmethod
     def from_yaml(cls, path: Path) -> MeshSpec:
         """Load and validate a mesh description file."""
-        return cls.model_validate(yaml.safe_load(path.read_text()))
+        return cls.model_validate(yamlio.load(path.read_text()))
 
     def to_yaml(self) -> str:
         """The description as YAML (round-trips through :meth:`from_yaml`)."""

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from meshflow import istioctl as rel
+from meshflow import yamlio
 from meshflow.kubeconfig import ClusterAccess, KubeconfigError, parse_kubeconfig
 
 LABEL = "meshflow sandbox istioctl stand-in — NOT Istio"
@@ -201,7 +202,7 @@ def load_operator_file(path: Path) -> Operator:
         UsageError: missing, unreadable, not YAML, not an IstioOperator, or unknown spec fields.
     """
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yamlio.load(path.read_text())
     except OSError as exc:
         raise UsageError(f"-f {path}: cannot read file ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
@@ -358,7 +359,7 @@ def apply_overlays(objects: list[dict[str, Any]], overlays: list[dict[str, Any]]
             for patch in overlay.get("patches") or []:
                 value = patch.get("value")
                 if isinstance(value, str) and "\n" in value:
-                    value = yaml.safe_load(value)  # a block string holding YAML, as Istio allows
+                    value = yamlio.load(value)  # a block string holding YAML, as Istio allows
                 _patch(target, str(patch.get("path", "")), value, delete="value" not in patch)
     return warnings
 
@@ -747,7 +748,7 @@ def read_access(path: Path, context: str | None) -> ClusterAccess:
         raise UsageError(f"--kubeconfig {path}: cannot read ({exc.strerror})") from exc
     try:
         if context:
-            doc = yaml.safe_load(text)
+            doc = yamlio.load(text)
             if not isinstance(doc, dict):
                 raise KubeconfigError("kubeconfig is not a mapping")
             doc["current-context"] = context

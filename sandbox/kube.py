@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from meshflow import yamlio
 from meshflow.cache import cache_root
 from sandbox import certs, processes
 
@@ -188,7 +189,7 @@ def _strip_keys(node: Any, key: str) -> Any:
 def crd_documents() -> Iterator[dict[str, Any]]:
     """The CRDs to install, without the CEL rules a 1.20 API server does not know."""
     for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in yamlio.load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 yield _strip_keys(doc, "x-kubernetes-validations")
 
