@@ -97,7 +97,7 @@ async def install_mesh_sequential(spec: MeshSpec) -> None:
     for s, t in pairs:  # the seed: one create-remote-secret | kubectl apply at a time
         await exchange_remote_secrets(s.aks_block, s.name, [(t.aks_block, t.name)])
     for s, t in pairs:
-        await check_remote_secrets(t.aks_block, t.name, [s.name])
+        await check_remote_secrets(s.name, [(t.aks_block, t.name)])
     await _data_plane(spec)
 
 
@@ -191,12 +191,11 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
 
     The flow's dependencies: root CA and, beside it, each cluster's key request → each cluster
     (once both are done): max(credentials → namespaces, its intermediate CA) → Istio → sample
-    workload; once every cluster is installed, each source's exchange into the others; each
-    target's checks once it and the exchanges into it are done; beside them, once every
-    exchange is done, the data-plane checks. The
+    workload; once every cluster is installed, each source's exchange into the others, then
+    that source's checks; beside them, once every exchange is done, the data-plane checks. The
     ingress certificate follows the root; the frontend certificate needs nothing. Runs are
     matched by the names the flow gives them (``install-cluster-<c>``,
-    ``exchange-remote-secrets-from-<s>``, ``check-remote-secrets-in-<t>``, ...).
+    ``exchange-remote-secrets-from-<s>``, ``check-remote-secrets-of-<s>``, ...).
     """
     flows, tasks = await recorded_runs(parent_id)
     children: dict[UUID, list[Any]] = defaultdict(list)
@@ -232,10 +231,8 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
     exchanged = {
         s: everyone + longest(parent_id, f"exchange-remote-secrets-from-{s}") for s in clusters
     }
-    checked = [
-        max([clusters[t], *(exchanged[s] for s in clusters if s != t)])
-        + longest(parent_id, f"check-remote-secrets-in-{t}")
-        for t in clusters
+    checked = [  # each source's check follows its own exchange
+        exchanged[s] + longest(parent_id, f"check-remote-secrets-of-{s}") for s in clusters
     ]
     data_plane = max(exchanged.values()) + max(  # beside the checks
         longest(parent_id, "check-istiod-sync"), longest(parent_id, "call-echoserver-across")

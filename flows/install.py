@@ -16,14 +16,15 @@ needs, so the slow cloud calls of different steps overlap:
    workload (10). The sub-flows are async and run concurrently. Each takes ``(spec, cluster)``
    so it can also run as its own deployment on a work pool.
 3. Join, all clusters: once every sub-flow has ended, each cluster's remote secret is written
-   into every other cluster that installed (08, one task per source), then each cluster checks
-   the remote secret of every other installed cluster with the secret's own kubeconfig (09, one
-   task per target, as ``istioctl remote-clusters`` reports per cluster). N + N task runs, not
-   2 x N x (N - 1) as with a task per ordered pair: each task run costs the Prefect server tens
-   of milliseconds of CPU (about 2 CPU-seconds for the 50 of a 4-cluster install). The price:
-   the exchange waits for the slowest (or a failing) cluster's sub-flow to end, where a pair
-   could start once its own two clusters were done; clusters finish within a second of each
-   other, and the per-pair tasks of the last cluster cost more than that wait.
+   into every other cluster that installed (08, one task per source); as soon as a source's
+   exchange has ended, its secret in each of those clusters is checked with the secret's own
+   kubeconfig (09, one task per source; the copies are identical, so their access reviews are
+   made once). N + N task runs, not 2 x N x (N - 1) as with a task per ordered pair: each task
+   run costs the Prefect server tens of milliseconds of CPU (about 2 CPU-seconds for the 50 of
+   a 4-cluster install). The price: the exchange waits for the slowest (or a failing)
+   cluster's sub-flow to end, where a pair could start once its own two clusters were done;
+   clusters finish within a second of each other, and the per-pair tasks of the last cluster
+   cost more than that wait.
 4. Once every exchange succeeded, beside the checks of step 3: istiod sync where istiod runs
    and the cross-cluster call (11) where there are nodes; otherwise "not run" with the reason.
 
@@ -238,23 +239,22 @@ async def _exchange_from(
     return await exchange_remote_secrets(source.aks_block, source.name, targets)
 
 
-async def _check_in(
+async def _check_from(
     spec: MeshSpec,
     installed: Mapping[str, Awaitable[ClusterInstall]],
     exchanged: Mapping[str, Awaitable[list[Applied]]],
-    target: ClusterSpec,
+    source: ClusterSpec,
 ) -> list[RemoteAccess]:
-    """Step 09 on ``target``: every other installed cluster's secret, once the exchanges ended.
+    """Step 09 for ``source``: its secret in every other installed cluster, once its exchange ended.
 
-    A secret that an exchange failed to write is reported missing here.
+    A secret that the exchange failed to write is reported missing here.
     """
-    await installed[target.name]
-    sources = [s.name for s in await _installed_others(spec, installed, target)]
-    for source in sources:
-        await _succeeded(exchanged[source])  # ended, either way
-    if not sources:
+    await installed[source.name]
+    targets = [(t.aks_block, t.name) for t in await _installed_others(spec, installed, source)]
+    await _succeeded(exchanged[source.name])  # ended, either way
+    if not targets:
         return []
-    return await check_remote_secrets(target.aks_block, target.name, sources)
+    return await check_remote_secrets(source.name, targets)
 
 
 async def _data_plane(spec: MeshSpec) -> list[DataPlaneCheck]:
@@ -313,7 +313,8 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
     )
     exchanges = {c.name: asyncio.ensure_future(_exchange_from(spec, installs, c))
                  for c in spec.clusters}  # fmt: skip
-    checks = [asyncio.ensure_future(_check_in(spec, installs, exchanges, c)) for c in spec.clusters]
+    checks = [asyncio.ensure_future(_check_from(spec, installs, exchanges, c))
+              for c in spec.clusters]  # fmt: skip
     # istiod finds its peers through the remote secrets: the data plane is checked once every
     # exchange succeeded, beside the reader-access checks (a separate verification).
     data_plane = asyncio.ensure_future(_after(list(exchanges.values()), _data_plane, spec))

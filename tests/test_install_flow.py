@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
+import tasks.kube
 from flows.install import MeshReport, install_cluster, install_mesh
 from meshflow.kubeconfig import parse_kubeconfig
 from meshflow.spec import MeshSpec, PkiSettings
@@ -32,7 +33,7 @@ from sandbox import kube, processes
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
-from tasks.kube import api_client_for, check_one, request_json
+from tasks.kube import api_client_for, check_from, request_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +123,7 @@ def test_a_reader_that_lost_its_rights_is_reported_and_repaired(
     rbac.delete_cluster_role_binding(binding)
     target = mesh_env.cluster(bravo.name)
     forget_credentials()
-    denied = check_one(target.aks_block, bravo.name, alpha.name)
+    (denied,) = check_from(alpha.name, [(target.aks_block, bravo.name)])
     assert denied.reachable
     assert not denied.read_ok
     assert len(denied.missing) == 16  # list and watch on each of the 8 resources istiod reads
@@ -279,7 +280,7 @@ def _task_run_names(flow_run_id: UUID, prefixes: tuple[str, ...], expected: int)
             time.sleep(0.5)
 
 
-def test_the_join_is_one_exchange_per_source_and_one_check_per_target(
+def test_the_join_is_one_exchange_and_one_check_per_source(
     four_clusters: MeshSpec,
 ) -> None:
     # N + N task runs in the Prefect UI, not 2 x N x (N - 1) (24 for four clusters).
@@ -291,8 +292,41 @@ def test_the_join_is_one_exchange_per_source_and_one_check_per_target(
     recorded = _task_run_names(run_id, ("exchange-remote", "check-remote"), 8)
     assert recorded == sorted(
         [f"exchange-remote-secrets-from-{n}" for n in names]
-        + [f"check-remote-secrets-in-{n}" for n in names]
+        + [f"check-remote-secrets-of-{n}" for n in names]
     )
+
+
+def test_identical_copies_of_a_remote_secret_are_reviewed_once(
+    four_planes: tuple[MeshSpec, list[kube.LocalCluster]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, clusters = four_planes
+    _run(spec)  # converged: "one"'s secret is in two, three and four
+    reviews: list[str] = []
+    real = tasks.kube._access_review
+
+    def counted(api: client.ApiClient, verb: str, group: str, resource: str) -> bool:
+        reviews.append(api.configuration.host)
+        return real(api, verb, group, resource)
+
+    monkeypatch.setattr(tasks.kube, "_access_review", counted)
+    targets = [(c.aks_block, c.name) for c in spec.clusters if c.name != "one"]
+    access = check_from("one", targets)
+    assert [a.target for a in access] == ["two", "three", "four"]
+    assert all(a.read_ok for a in access)
+    assert reviews == [clusters[0].api_url] * 16  # one kubeconfig, reviewed once
+
+    # A copy that differs (here: a blank line more, as a hand edit would leave) is its own check.
+    three = _core(clusters[2])
+    stored = three.read_namespaced_secret("istio-remote-secret-one", "istio-system")
+    edited = base64.b64decode(stored.data["one"]).decode() + "\n"
+    three.patch_namespaced_secret(
+        "istio-remote-secret-one", "istio-system", {"stringData": {"one": edited}}
+    )
+    reviews.clear()
+    forget_credentials()
+    assert all(a.read_ok for a in check_from("one", targets))
+    assert len(reviews) == 32
+    _run(spec)  # the exchange writes the one kubeconfig back
 
 
 def test_a_failing_cluster_costs_the_others_nothing(

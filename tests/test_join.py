@@ -48,8 +48,8 @@ def _join(
             raise KubeError(f"cluster {targets[0][1]!r}: the write was rejected")
         return []
 
-    async def check(_block: str, target: str, sources: list[str]) -> list[Any]:
-        calls[f"check-in-{target}"] = sources
+    async def check(source: str, targets: list[tuple[str, str]]) -> list[Any]:
+        calls[f"check-of-{source}"] = [t for _, t in targets]
         return []
 
     monkeypatch.setattr(install, "exchange_remote_secrets", exchange)
@@ -67,7 +67,7 @@ def _join(
             for c in SPEC.clusters
         }
         checks = [
-            asyncio.ensure_future(install._check_in(SPEC, installed, exchanged, c))
+            asyncio.ensure_future(install._check_from(SPEC, installed, exchanged, c))
             for c in SPEC.clusters
         ]
         await asyncio.wait([*exchanged.values(), *checks])
@@ -85,9 +85,9 @@ def test_every_cluster_exchanges_with_and_checks_every_other(
         "exchange-from-one": ["two", "three"],
         "exchange-from-two": ["one", "three"],
         "exchange-from-three": ["one", "two"],
-        "check-in-one": ["two", "three"],
-        "check-in-two": ["one", "three"],
-        "check-in-three": ["one", "two"],
+        "check-of-one": ["two", "three"],
+        "check-of-two": ["one", "three"],
+        "check-of-three": ["one", "two"],
     }
 
 
@@ -97,19 +97,18 @@ def test_a_cluster_that_failed_to_install_is_left_out_of_the_join(
     assert _join(monkeypatch, failed_install="three") == {
         "exchange-from-one": ["two"],
         "exchange-from-two": ["one"],
-        "check-in-one": ["two"],
-        "check-in-two": ["one"],
+        "check-of-one": ["two"],
+        "check-of-two": ["one"],
     }
 
 
 def test_a_failed_exchange_still_has_its_secrets_checked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The exchange from one failed (say its write into two): the checks still look for one's
-    # secret everywhere and report it missing where it is, instead of silently skipping it.
+    # The exchange from one failed (say its write into two): one's secret is still looked for
+    # everywhere and reported missing where it is, instead of silently skipped.
     calls = _join(monkeypatch, failed_exchange="one")
-    assert calls["check-in-two"] == ["one", "three"]
-    assert calls["check-in-three"] == ["one", "two"]
+    assert calls["check-of-one"] == ["two", "three"]
 
 
 def test_each_runs_every_item_and_raises_the_retryable_failure() -> None:
