@@ -213,9 +213,7 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
             key=lambda t: t.start_time,
         )
         prepare = max(
-            longest(run_id, "get-cluster-credentials"),
-            longest(run_id, "describe-aks-cluster"),
-            longest(run_id, "describe-key-vault"),
+            longest(run_id, "get-cluster-credentials"), longest(run_id, "describe-aks-cluster")
         ) + _seconds(pre)
         ca = longest(run_id, "ensure-intermediate-ca")
         return max(prepare, ca) + longest(run_id, "install-istio") + _seconds(post)

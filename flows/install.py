@@ -50,7 +50,7 @@ from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
 from tasks.blocking import run_blocking
 from tasks.istio import IstioInstall, install_istio
-from tasks.keyvault import ObjectRef, describe_key_vault
+from tasks.keyvault import ObjectRef, vault_facts
 from tasks.kube import (
     Applied,
     DataPlaneCheck,
@@ -184,7 +184,7 @@ async def _prepare_cluster(spec: MeshSpec, c: ClusterSpec) -> tuple[str, list[Ap
     creds, facts, vault = await asyncio.gather(
         get_cluster_credentials(c.aks_block),
         describe_aks_cluster(c.aks_block),
-        describe_key_vault(spec.key_vault_block),
+        run_blocking(vault_facts, spec.key_vault_block),
     )
     if not facts.secrets_provider_client_id:
         raise AksError(

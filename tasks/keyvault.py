@@ -279,10 +279,13 @@ class VaultFacts(BaseModel):
     tenant_id: str
 
 
-@task(name="describe-key-vault", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-async def describe_key_vault(key_vault_block: str) -> VaultFacts:
-    """The vault's name and tenant, from its block."""
-    vault = await run_blocking(load_block, KeyVault, key_vault_block)
+def vault_facts(key_vault_block: str) -> VaultFacts:
+    """The vault's name and tenant, from its block. Blocking.
+
+    Not a task: it reads only the block (no Azure call), which the sub-flow's tasks read anyway;
+    a task run per cluster would cost the Prefect server more than the read.
+    """
+    vault = load_block(KeyVault, key_vault_block)
     tenant = vault.tenant_id or vault.credentials.tenant_id
     if not tenant:
         raise KeyVaultError(f"block {key_vault_block!r}: set tenant_id (needed by the CSI driver)")

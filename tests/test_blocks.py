@@ -147,3 +147,26 @@ def test_read_ahead_loads_what_exists_and_leaves_errors_to_the_load_that_needs_i
     with pytest.raises(ValueError, match="no-such-block"):
         load_block(KeyVault, "no-such-block")
     forget_blocks()
+
+
+def test_vault_facts_come_from_the_block_and_a_missing_tenant_is_named(
+    prefect_server: PrefectServer,
+) -> None:
+    from tasks.keyvault import KeyVaultError, vault_facts
+
+    KeyVault(vault_name="facts", tenant_id="tenant-a", credentials=_creds()).save(
+        "facts-kv", overwrite=True
+    )
+    forget_blocks()
+    facts = vault_facts("facts-kv")
+    assert (facts.vault_name, facts.tenant_id) == ("facts", "tenant-a")
+    # No tenant on the vault: the credentials' tenant is the vault's.
+    KeyVault(vault_name="facts", credentials=_creds()).save("facts-kv", overwrite=True)
+    forget_blocks()
+    assert vault_facts("facts-kv").tenant_id == "t"
+    ambient = AzureCredentials(auth="default")  # the tenant is whatever the machine has
+    KeyVault(vault_name="facts", credentials=ambient).save("facts-kv", overwrite=True)
+    forget_blocks()
+    with pytest.raises(KeyVaultError, match="'facts-kv': set tenant_id"):
+        vault_facts("facts-kv")
+    forget_blocks()
