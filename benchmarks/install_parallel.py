@@ -22,9 +22,9 @@ Runs, each from an empty vault and fresh clusters:
 The critical path is computed from the task runs Prefect recorded for each run 2: the longest
 chain of dependent work (root CA, beside it each cluster's key request; then per cluster the
 longer of credentials → namespaces and its intermediate CA, then Istio and the sample workload;
-then, once every cluster is installed, each source's remote-secret exchange, then each target's
-checks of the secrets it holds, and beside them the data-plane checks), i.e. the wall time
-with zero orchestration overhead.
+then, once every cluster is installed, each source's remote-secret exchange, then the checks
+of that source's secrets, and beside them, once every exchange is done, the data-plane checks),
+i.e. the wall time with zero orchestration overhead.
 Targets (issue 4): run 2 within 1.3x of run 1; run 2 within 1.15x of its critical path.
 ``--cpu`` prints the CPU seconds each kind of process used during each run; ``--ca-key-size
 2048`` (a diagnostic: Istio's CA keys are RSA 4096) shows what RSA key generation costs.
