@@ -16,13 +16,16 @@ from prefect.settings import PREFECT_API_URL
 from blocks.aks import AksCluster
 from blocks.azure import AzureCredentials
 from blocks.keyvault import KeyVault
+from meshflow.errors import NotFoundError
 
 __all__ = [
     "AksCluster",
     "AzureCredentials",
     "KeyVault",
+    "block_name",
     "forget_blocks",
     "load_block",
+    "missing_block",
     "read_ahead",
 ]
 
@@ -53,9 +56,28 @@ def load_block(block_type: type[B], name: str) -> B:
         hit = _loaded.get(key)
         if hit is not None and time.monotonic() - hit[0] < BLOCK_REUSE_SECONDS:
             return cast(B, hit[1])
-        block = cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+        try:
+            block = cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+        except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+            raise missing_block(block_type, name) from exc
         _loaded[key] = (time.monotonic(), block)
         return block
+
+
+def missing_block(block_type: type[Block], name: str) -> NotFoundError:
+    """The error for a block document that the Prefect server does not have."""
+    kind = block_type.get_block_type_name()
+    return NotFoundError(
+        f"Prefect block {name!r} of type {kind!r} does not exist on {PREFECT_API_URL.value()}; "
+        f"create it in the Prefect UI (Blocks, +, {kind}), or for the sandbox run "
+        "`meshflow sandbox up`",
+        system="Prefect", target=str(PREFECT_API_URL.value()), object=name,
+    )  # fmt: skip
+
+
+def block_name(block: Block) -> str:
+    """The name a block was saved (or loaded) under, or "" for an unsaved or nested one."""
+    return str(getattr(block, "_block_document_name", None) or "")
 
 
 def read_ahead(block_type: type[B], names: Iterable[str]) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from meshflow.errors import InvalidError
+
 DEFAULT_BASE_URL = "https://github.com/istio/istio/releases/download"
 """Where Istio publishes releases; an asset is ``<base>/<version>/<file>``."""
 
@@ -54,7 +56,7 @@ _MACHINES = {
 }
 
 
-class IstioctlArgumentError(ValueError):
+class IstioctlArgumentError(InvalidError):
     """A version, revision, checksum, platform, URL or argument list is not acceptable."""
 
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, load_block
+from blocks import block_name as saved_name
+from meshflow.errors import MeshflowError
 from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
 from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
+from tasks.sdk_errors import azure_errors
 
 CREDENTIAL_TTL = 30 * 60.0
 """Seconds a fetched credential is reused in this process (Entra tokens last about an hour)."""
@@ -34,8 +37,8 @@ _lock = threading.Lock()
 _cache: dict[tuple[str, bool], tuple[float, ClusterAccess]] = {}
 
 
-class AksError(RuntimeError):
-    """An AKS cluster's credentials could not be obtained."""
+class AksError(MeshflowError):
+    """An AKS cluster answered with something meshflow cannot use (no kubeconfig, no add-on)."""
 
 
 class CredentialRef(BaseModel):
@@ -49,33 +52,34 @@ class CredentialRef(BaseModel):
     admin: bool
 
 
+def _arm_errors(block: AksCluster, block_name: str, action: str) -> AbstractContextManager[None]:
+    return azure_errors(
+        "Azure Resource Manager",
+        f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r}, "
+        f"subscription {block.subscription_id!r}, from block {block_name!r})",
+        permission=f"the {action} permission on the cluster",
+        credentials=saved_name(block.credentials),
+    )
+
+
 def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
     client = block.container_service_client()
     ops = client.managed_clusters
     fetch = ops.list_cluster_admin_credentials if admin else ops.list_cluster_user_credentials
-    where = f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r})"
-    try:
+    kind = "Admin" if admin else "User"
+    action = f"Microsoft.ContainerService/managedClusters/listCluster{kind}Credential/action"
+    where = f"AKS cluster {block.cluster_name!r} (block {block_name!r})"
+    with _arm_errors(block, block_name, action):
         result = fetch(block.resource_group, block.cluster_name)
-    except ResourceNotFoundError as exc:
-        raise AksError(
-            f"{where} was not found; check the '{block_name}' block's subscription, "
-            "resource group and name, or run the provision flow"
-        ) from exc
-    except HttpResponseError as exc:
-        if exc.status_code in (401, 403):
-            raise AksError(
-                f"{where}: not allowed to list {'admin' if admin else 'user'} credentials "
-                f"(HTTP {exc.status_code}); grant the flow's identity that action"
-            ) from exc
-        raise
     if not result.kubeconfigs or not result.kubeconfigs[0].value:
-        raise AksError(f"{where} returned no kubeconfig")
+        raise AksError(f"{where} returned no kubeconfig", system="Azure Resource Manager")
     try:
         access = parse_kubeconfig(result.kubeconfigs[0].value)
     except KubeconfigError as exc:
         raise AksError(f"{where}: {exc}") from exc
     if access.auth == "aad-exec":
-        token = block.credentials.get_credential().get_token(f"{AKS_AAD_SERVER_APP}/.default")
+        with _arm_errors(block, block_name, action):
+            token = block.credentials.get_credential().get_token(f"{AKS_AAD_SERVER_APP}/.default")
         access = dataclasses.replace(access, auth="token", token=token.token)
     return access
 
@@ -147,13 +151,8 @@ def _addon_client_id(addons: Any, name: str) -> str | None:
 def _cluster_facts(aks_block: str) -> ClusterFacts:
     block = load_block(AksCluster, aks_block)
     client = block.container_service_client()
-    try:
+    with _arm_errors(block, aks_block, "Microsoft.ContainerService/managedClusters/read"):
         mc = client.managed_clusters.get(block.resource_group, block.cluster_name)
-    except ResourceNotFoundError as exc:
-        raise AksError(
-            f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r}) "
-            f"was not found; check the '{aks_block}' block or run the provision flow"
-        ) from exc
     return ClusterFacts(
         cluster_name=block.cluster_name,
         region=block.region,

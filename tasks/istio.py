@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict
 
 from meshflow import istioctl as rel
 from meshflow.cache import cache_root
+from meshflow.errors import InvalidError, MeshflowError, TransientError
 from meshflow.kubeconfig import KubeconfigError, access_kubeconfig, parse_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
@@ -89,42 +90,39 @@ Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 """Opens a URL for reading (``urllib.request.urlopen`` with a timeout, by default)."""
 
 
-class IstioError(RuntimeError):
+class IstioError(MeshflowError):
     """istioctl could not be fetched or run."""
 
 
 class IstioctlDownloadError(IstioError):
-    """An istioctl archive or its checksum could not be downloaded.
-
-    ``status`` carries the HTTP status, so the shared retry policy retries 5xx/429 only.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    """An istioctl archive or its checksum could not be downloaded (permanent: 4xx)."""
 
 
-class IstioctlChecksumError(IstioctlDownloadError, ValueError):
+class IstioctlUnavailableError(IstioctlDownloadError, TransientError):
+    """The download server answered 5xx/429, or could not be reached (retried)."""
+
+
+class IstioctlChecksumError(IstioError, InvalidError):
     """The downloaded archive does not have the expected SHA-256 (never retried)."""
 
 
-class IstioctlArchiveError(IstioError, ValueError):
+class IstioctlArchiveError(IstioError, InvalidError):
     """The archive verified but is unusable: no ``istioctl`` member, or an unsafe member."""
 
 
-class IstioctlOverrideError(IstioError, ValueError):
+class IstioctlOverrideError(IstioError, InvalidError):
     """``MESHFLOW_ISTIOCTL`` does not name an executable file."""
 
 
 class IstioInstallError(IstioError):
     """``istioctl install`` exited non-zero (or did not finish) on a cluster."""
 
-    def __init__(self, message: str, result: InstallResult) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, result: InstallResult | None = None) -> None:
+        super().__init__(message, system="istioctl", target=result.cluster if result else "")
         self.result = result
 
 
-class IstioInstallTimeout(IstioInstallError, TimeoutError):
+class IstioInstallTimeout(IstioInstallError, TransientError):
     """``istioctl install`` did not finish in time (transient: retried)."""
 
 
@@ -171,19 +169,20 @@ def _fetch(opener: Opener, url: str) -> Iterator[IO[bytes]]:
         with opener(url) as response:
             yield response
     except urllib.error.HTTPError as exc:
-        raise IstioctlDownloadError(
+        kind = IstioctlUnavailableError if exc.code in (429,) or exc.code >= 500 else None
+        raise (kind or IstioctlDownloadError)(
             f"GET {url} failed: HTTP {exc.code} {exc.reason}", status=exc.code
         ) from exc
     except urllib.error.URLError as exc:
         cause = exc.reason if isinstance(exc.reason, BaseException) else exc
-        raise IstioctlDownloadError(f"GET {url} failed: {exc.reason}") from cause
+        raise IstioctlUnavailableError(f"GET {url} failed: {exc.reason}") from cause
     except (ConnectionError, TimeoutError) as exc:
-        raise IstioctlDownloadError(f"GET {url} failed: {exc}") from exc
+        raise IstioctlUnavailableError(f"GET {url} failed: {exc}") from exc
     except http.client.HTTPException as exc:
         # A transfer cut short is a connection problem; say so for the retry policy.
         cut = ConnectionError(f"{type(exc).__name__}: {exc}")
         cut.__cause__ = exc
-        raise IstioctlDownloadError(f"GET {url} failed: {cut}") from cut
+        raise IstioctlUnavailableError(f"GET {url} failed: {cut}") from cut
 
 
 def _published_sha256(opener: Opener, asset: rel.ReleaseAsset) -> str:

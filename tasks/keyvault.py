@@ -13,9 +13,9 @@ import datetime as dt
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.keyvault.certificates import (
     CertificateClient,
     CertificateContentType,
@@ -31,18 +31,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from blocks import KeyVault, load_block
+from blocks import KeyVault, block_name, load_block
 from meshflow import pki
+from meshflow.errors import MeshflowError
 from meshflow.manifests import ROOT_CERT_SECRET, ca_certificate_name, cert_chain_secret_name
 from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES
+from tasks.sdk_errors import azure_errors
 
 PROBE_SECRET = "meshflow-probe"  # noqa: S105 - a secret name, not a value
 PEM_CONTENT_TYPE = "application/x-pem-file"
 
 
-class KeyVaultError(RuntimeError):
-    """A Key Vault operation failed in a way the user must act on."""
+class KeyVaultError(MeshflowError):
+    """The vault holds something meshflow will not use or change on its own: the user acts."""
 
 
 class ObjectRef(BaseModel):
@@ -87,16 +89,24 @@ def cert_ref(cert: KeyVaultCertificate, *, written: bool) -> ObjectRef:
 
 @contextmanager
 def vault_clients(vault: KeyVault) -> Iterator[tuple[SecretClient, CertificateClient]]:
-    """The vault's (shared) secret and certificate clients; 401/403 made actionable."""
-    try:
+    """The vault's (shared) secret and certificate clients, inside the Key Vault boundary.
+
+    Whatever the SDK raises in the block comes out as a meshflow error naming the vault, the
+    object and what to do (:func:`tasks.sdk_errors.from_azure`).
+    """
+    with vault_errors(vault):
         yield vault.secret_client(), vault.certificate_client()
-    except HttpResponseError as exc:
-        if exc.status_code in (401, 403):
-            raise KeyVaultError(
-                f"Key Vault {vault.vault_name!r} denied the request (HTTP {exc.status_code}); "
-                "give the flow's identity secret and certificate get/set/import permissions"
-            ) from exc
-        raise
+
+
+def vault_errors(vault: KeyVault) -> AbstractContextManager[None]:
+    """The Key Vault error boundary for calls to ``vault``."""
+    return azure_errors(
+        "Key Vault",
+        repr(vault.vault_name),
+        permission="the secret, certificate and key permissions meshflow needs on it "
+        "(see docs/permissions.md)",
+        credentials=block_name(vault.credentials),
+    )
 
 
 def get_certificate(client: CertificateClient, name: str) -> KeyVaultCertificate | None:

@@ -20,11 +20,11 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from meshflow.errors import ConflictError, InvalidError, MeshflowError
 from meshflow.kubeconfig import ClusterAccess, parse_kubeconfig, token_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
@@ -37,6 +37,7 @@ from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
 from tasks.blocking import run_blocking
 from tasks.retry import TRANSIENT_RETRIES, is_transient
+from tasks.sdk_errors import kube_connection_error, kube_status_error
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,9 +61,13 @@ def _memfile(name: str, data: bytes) -> str:
 
 
 def api_client_for(access: ClusterAccess) -> k8s.ApiClient:
-    """A Kubernetes API client for ``access``, TLS verified against its CA."""
+    """A Kubernetes API client for ``access``, TLS verified against its CA.
+
+    Errors of its calls (:func:`request_json`) name the cluster by the credentials' context.
+    """
     cfg = k8s.Configuration()
     cfg.host = access.server
+    cfg.meshflow_cluster = access.context  # read back by cluster_of()
     cfg.ssl_ca_cert = _memfile("ca", access.ca_pem)
     cfg.verify_ssl = True
     if access.auth == "token" and access.token:
@@ -72,8 +77,17 @@ def api_client_for(access: ClusterAccess) -> k8s.ApiClient:
         cfg.cert_file = _memfile("cert", access.client_cert_pem)
         cfg.key_file = _memfile("key", access.client_key_pem)
     else:
-        raise ValueError(f"context {access.context!r}: no usable credential ({access.auth})")
+        raise InvalidError(
+            f"context {access.context!r}: no usable credential ({access.auth}); istiod and "
+            "meshflow need a token or a client certificate",
+            system="Kubernetes", target=access.context,
+        )  # fmt: skip
     return k8s.ApiClient(cfg)
+
+
+def cluster_of(api: k8s.ApiClient) -> str:
+    """The cluster an API client talks to, as its errors name it."""
+    return str(getattr(api.configuration, "meshflow_cluster", "") or api.configuration.host)
 
 
 def api_client(aks_block: str, *, admin: bool = True) -> k8s.ApiClient:
@@ -107,8 +121,8 @@ FIELD_MANAGER = "meshflow"
 Action = Literal["created", "updated", "unchanged"]
 
 
-class KubeError(RuntimeError):
-    """A Kubernetes API server refused an object for a reason retrying will not fix."""
+class KubeError(MeshflowError):
+    """A cluster is not in the state a step needs, for a reason retrying will not fix."""
 
 
 class Applied(BaseModel):
@@ -128,11 +142,17 @@ def request_json(
     body: Any = None,
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
+    what: str | None = None,
 ) -> Any:
     """One authenticated REST call; the decoded JSON reply, or None for 404 on GET.
 
+    The boundary to every Kubernetes API server: failures come out as meshflow errors naming
+    the cluster and ``what`` (default: the path), never as the client's exceptions.
+
     Raises:
-        ApiException: any other non-2xx status (classified by :mod:`tasks.retry`).
+        TransientError: the API server is unreachable, or answered 408, 429 or 5xx.
+        ConflictError: 409 (the object changed, or exists).
+        ForbiddenError, NotFoundError, InvalidError: 401/403, 404 (not on GET), 400/422.
     """
     params = api.param_serialize(
         method,
@@ -142,22 +162,23 @@ def request_json(
         body=body,
         auth_settings=["BearerToken"],
     )
-    resp = api.call_api(*params)
-    resp.read()  # type: ignore[no-untyped-call]
+    obj = what or path
+    try:
+        resp = api.call_api(*params)
+        resp.read()  # type: ignore[no-untyped-call]
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise kube_connection_error(
+            exc, cluster=cluster_of(api), server=api.configuration.host, method=method, obj=obj
+        ) from exc
     if method == "GET" and resp.status == 404:
         return None
     if not 200 <= resp.status <= 299:
-        raise ApiException.from_response(
-            http_resp=resp, body=(resp.data or b"").decode(errors="replace"), data=None
-        )
+        body_text = (resp.data or b"").decode(errors="replace")
+        raise kube_status_error(
+            resp.status, body_text, str(resp.reason or ""),
+            cluster=cluster_of(api), method=method, obj=obj,
+        )  # fmt: skip
     return json.loads(resp.data) if resp.data else None
-
-
-def _reason(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except ValueError:
-        return str(exc.reason)
 
 
 def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Applied:
@@ -167,40 +188,34 @@ def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Ap
     reading again.
 
     Raises:
-        KubeError: the server rejected the object (400, 403, 404 on create, 422), naming the
-            cluster and the object.
+        InvalidError, ForbiddenError, NotFoundError: the server rejected the object (400/422,
+            403, 404 on create), naming the cluster and the object.
+        TransientError: see :func:`request_json`.
     """
     path = object_path(obj)
-    try:
-        live = request_json(api, "GET", path.item)
-        if live is None:
-            try:
-                request_json(
-                    api, "POST", path.collection, body=obj, query={"fieldManager": FIELD_MANAGER}
-                )
-                return Applied(cluster=cluster, object=path.describe, action="created")
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                live = request_json(api, "GET", path.item) or {}
-        if satisfies(live, obj):
-            return Applied(cluster=cluster, object=path.describe, action="unchanged")
-        request_json(
-            api,
-            "PATCH",
-            path.item,
-            body=obj,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml",
-        )
-        return Applied(cluster=cluster, object=path.describe, action="updated")
-    except ApiException as exc:
-        if exc.status in (400, 403, 404, 422):
-            raise KubeError(
-                f"cluster {cluster!r}: {path.describe} was rejected (HTTP {exc.status}): "
-                f"{_reason(exc)}"
-            ) from exc
-        raise
+    what = path.describe
+    live = request_json(api, "GET", path.item, what=what)
+    if live is None:
+        try:
+            request_json(
+                api, "POST", path.collection, body=obj,
+                query={"fieldManager": FIELD_MANAGER}, what=what,
+            )  # fmt: skip
+            return Applied(cluster=cluster, object=what, action="created")
+        except ConflictError:
+            live = request_json(api, "GET", path.item, what=what) or {}
+    if satisfies(live, obj):
+        return Applied(cluster=cluster, object=what, action="unchanged")
+    request_json(
+        api,
+        "PATCH",
+        path.item,
+        body=obj,
+        query={"fieldManager": FIELD_MANAGER, "force": "true"},
+        content_type="application/apply-patch+yaml",
+        what=what,
+    )
+    return Applied(cluster=cluster, object=what, action="updated")
 
 
 def apply_all(aks_block: str, cluster: str, manifests: list[dict[str, Any]]) -> list[Applied]:
@@ -274,8 +289,6 @@ def _each(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 
 def _brief(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):  # its str() carries the response headers and body
-        return f"HTTP {exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -387,8 +400,8 @@ def _reader_access(kubeconfig: str) -> _Reach:
         # 16 independent round trips to the source cluster: asked 4 at a time (4 connections).
         with ThreadPoolExecutor(4, thread_name_prefix="meshflow-review") as pool:
             allowed = list(pool.map(lambda n: _access_review(reader, *n), needs))
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        return _Reach(False, (), f"cannot reach {access.server}: {type(exc).__name__}")
+    except MeshflowError as exc:
+        return _Reach(False, (), f"cannot use it against {access.server}: {exc}")
     finally:
         reader.close()  # type: ignore[no-untyped-call]
     missing = tuple(

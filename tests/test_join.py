@@ -11,11 +11,11 @@ import contextvars
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from flows import install
+from meshflow.errors import InvalidError, TransientError
 from meshflow.spec import MeshSpec
-from tasks.kube import KubeError, _each
+from tasks.kube import _each
 
 SPEC = MeshSpec.model_validate(
     {
@@ -45,7 +45,7 @@ def _join(
     async def exchange(_block: str, source: str, targets: list[tuple[str, str]]) -> list[Any]:
         calls[f"exchange-from-{source}"] = [t for _, t in targets]
         if source == failed_exchange:
-            raise KubeError(f"cluster {targets[0][1]!r}: the write was rejected")
+            raise InvalidError(f"cluster {targets[0][1]!r}: the write was rejected")
         return []
 
     async def check(source: str, targets: list[tuple[str, str]]) -> list[Any]:
@@ -117,17 +117,17 @@ def test_each_runs_every_item_and_raises_the_retryable_failure() -> None:
     def step(i: int) -> int:
         done.append(i)
         if i == 1:
-            raise KubeError("cluster 'one': Secret istio-system/x was rejected (HTTP 422)")
+            raise InvalidError("cluster 'one': Secret istio-system/x was rejected (HTTP 422)")
         if i == 2:
-            raise ApiException(status=503, reason="Service Unavailable")
+            raise TransientError("cluster 'two': HTTP 503", status=503)
         return i * 10
 
-    with pytest.raises(ApiException) as raised:
+    with pytest.raises(TransientError) as raised:
         _each(step, [0, 1, 2, 3])
     assert sorted(done) == [0, 1, 2, 3]  # nothing was left undone by the failures
     assert raised.value.status == 503  # transient: the task's retry policy retries it
     assert raised.value.__notes__ == [
-        "also failed: KubeError: cluster 'one': Secret istio-system/x was rejected (HTTP 422)"
+        "also failed: InvalidError: cluster 'one': Secret istio-system/x was rejected (HTTP 422)"
     ]
     assert _each(lambda i: i * 10, [0, 3]) == [0, 30]
 
