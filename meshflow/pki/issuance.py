@@ -8,13 +8,16 @@ leaf mirrors the echoserver sample: RSA 2048, 365 days, signed by the root.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshflow.pki._base import (
@@ -27,8 +30,10 @@ from meshflow.pki._base import (
     is_ca,
     key_matches_cert,
     key_usage,
+    signature_problem,
     signing_hash,
 )
+from meshflow.pki.signing import RemoteIssuer, SignDigest, sign_with
 
 ROOT_DAYS = 3650
 INTERMEDIATE_DAYS = 730
@@ -74,6 +79,9 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
 
 _Extensions = Sequence[tuple[x509.ExtensionType, bool]]
 
+Issuer: TypeAlias = CertKeyPair | RemoteIssuer
+"""Who signs: a CA with its key in memory, or one whose key signs elsewhere (Key Vault)."""
+
 
 def generate_root_ca(
     *,
@@ -84,7 +92,10 @@ def generate_root_ca(
     common_name: str = "Root CA",
     backdate: timedelta = DEFAULT_BACKDATE,
 ) -> CertKeyPair:
-    """Create a self-signed root CA (``O=Istio, CN=Root CA``).
+    """Create a self-signed root CA (``O=Istio, CN=Root CA``) with a new key in memory.
+
+    The offline form: meshflow's flows keep the root key in Key Vault instead
+    (:func:`root_ca_certificate`).
 
     Args:
         now: Current time, timezone-aware; notAfter is ``now + days``.
@@ -101,23 +112,76 @@ def generate_root_ca(
         PkiError: A parameter is out of range.
     """
     now = checked_now(now)
-    name = x509.Name(
+    name = root_ca_subject(organization=organization, common_name=common_name)
+    not_before, not_after = _validity(now, days, backdate, issuer=None)
+    # Generate the key last: it is the slow step, so bad input fails fast.
+    key = _new_rsa_key(key_size)
+    cert = _sign(
+        name,
+        key.public_key(),
+        name,
+        key,
+        (not_before, not_after),
+        _root_extensions(key.public_key()),
+    )
+    return CertKeyPair(cert=cert, key=key)
+
+
+def root_ca_subject(*, organization: str = "Istio", common_name: str = "Root CA") -> x509.Name:
+    """``O=Istio, CN=Root CA``: the mesh root's subject, as in Istio's ``root-ca.conf``."""
+    return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    not_before, not_after = _validity(now, days, backdate, issuer=None)
-    # Generate the key last: it is the slow step, so bad input fails fast.
-    key = _new_rsa_key(key_size)
-    extensions: _Extensions = [
+
+
+def _root_extensions(public_key: CertificatePublicKeyTypes) -> _Extensions:
+    return [
         (x509.BasicConstraints(ca=True, path_length=None), True),
         (_CA_KEY_USAGE, True),
-        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
     ]
-    # Self-signed: the root is its own issuer.
-    cert = _sign(name, key.public_key(), name, key, (not_before, not_after), extensions)
-    return CertKeyPair(cert=cert, key=key)
+
+
+def root_ca_certificate(
+    public_key: rsa.RSAPublicKey,
+    sign_digest: SignDigest,
+    *,
+    created: datetime,
+    days: int = ROOT_DAYS,
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> x509.Certificate:
+    """The self-signed root CA certificate of an RSA key that signs elsewhere (Key Vault).
+
+    Deterministic: the validity starts ``backdate`` before the key's ``created`` time, the
+    serial is derived from the public key and that time, and RSASSA-PKCS1-v1_5 signatures are
+    deterministic, so every run that makes the certificate of one key version makes the same
+    bytes (two concurrent installs cannot publish two different roots for one key).
+
+    Raises:
+        PkiError: a parameter is out of range, the key is not RSA of at least 2048 bits, or
+            the signature does not verify with ``public_key`` (the signer used another key).
+    """
+    created = checked_now(created)
+    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < _MIN_RSA_BITS:
+        raise PkiError(f"the root CA key must be RSA of at least {_MIN_RSA_BITS} bits")
+    not_before, not_after = _validity(created, days, backdate, issuer=None)
+    name = root_ca_subject()
+    spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    seed = hashlib.sha256(spki + created.isoformat().encode()).digest()
+    serial = int.from_bytes(seed[:20], "big") >> 1 or 1  # positive, at most 159 bits
+    cert = sign_with(
+        _builder(
+            name, public_key, name, (not_before, not_after), _root_extensions(public_key)
+        ).serial_number(serial),
+        sign_digest,
+    )
+    problem = signature_problem(cert, cert)
+    if problem:
+        raise PkiError(f"the root CA certificate does not verify with its own key: {problem}")
+    return cert
 
 
 def intermediate_ca_subject(
@@ -143,7 +207,7 @@ def intermediate_ca_subject(
 
 
 def issue_intermediate_ca(
-    root: CertKeyPair,
+    root: Issuer,
     public_key: CertificatePublicKeyTypes,
     *,
     cluster: str,
@@ -162,7 +226,7 @@ def issue_intermediate_ca(
     root it chains to, and verifiers would reject it then anyway.
 
     Args:
-        root: The signing root CA with its key.
+        root: The signing root CA: with its key in memory, or a :class:`RemoteIssuer`.
         public_key: The intermediate's public key: RSA of exactly ``key_size`` bits.
         cluster: Cluster name, stored as subject L.
         now: Current time, timezone-aware.
@@ -196,7 +260,7 @@ class _IntermediateProfile:
     @classmethod
     def checked(
         cls,
-        root: CertKeyPair,
+        root: Issuer,
         cluster: str,
         now: datetime,
         days: int,
@@ -209,7 +273,7 @@ class _IntermediateProfile:
         _check_issuer(root, now, issues_ca=True)
         return cls(name, san_dns, _validity(now, days, backdate, issuer=root.cert))
 
-    def sign(self, root: CertKeyPair, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
+    def sign(self, root: Issuer, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
         extensions: _Extensions = [
             (x509.BasicConstraints(ca=True, path_length=0), True),
             (_CA_KEY_USAGE, True),
@@ -217,7 +281,7 @@ class _IntermediateProfile:
             (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
             (_authority_key_id(root.cert), False),
         ]
-        return _sign(self.name, public_key, root.cert.subject, root.key, self.validity, extensions)
+        return _sign(self.name, public_key, root.cert.subject, root, self.validity, extensions)
 
 
 def generate_intermediate_ca(
@@ -243,6 +307,68 @@ def generate_intermediate_ca(
     return CertKeyPair(cert=profile.sign(root, key.public_key()), key=key)
 
 
+def ingress_leaf_subject(
+    host: str = ECHOSERVER_HOST, *, organization: str = "Istio Services"
+) -> x509.Name:
+    """``CN=<host>, O=Istio Services``: the ingress backend certificate's subject.
+
+    Raises:
+        PkiError: ``host`` is not a usable DNS name or is too long for a CN.
+    """
+    host = _dns_name(host)
+    if len(host) > _MAX_COMMON_NAME_LEN:
+        raise PkiError(
+            f"host {host!r} is longer than {_MAX_COMMON_NAME_LEN} characters, the limit for a "
+            "subject CN; use a shorter name"
+        )
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, host),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]
+    )
+
+
+def issue_ingress_leaf(
+    issuer: Issuer,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    now: datetime,
+    host: str = ECHOSERVER_HOST,
+    key_size: int = LEAF_KEY_SIZE,
+    days: int = LEAF_DAYS,
+    organization: str = "Istio Services",
+    backdate: timedelta = DEFAULT_BACKDATE,
+) -> x509.Certificate:
+    """Sign the ingress backend's server certificate (``CN=<host>, O=Istio Services``).
+
+    For a key held elsewhere (Key Vault generates it). It carries ``CA:false``, keyUsage
+    digitalSignature+keyEncipherment, extendedKeyUsage serverAuth and ``DNS:<host>`` (modern
+    TLS clients ignore the CN). notAfter is clamped to the issuer's notAfter.
+
+    Raises:
+        PkiError: a parameter is out of range, the key is not RSA of ``key_size`` bits, or
+            ``issuer`` cannot issue now.
+    """
+    now = checked_now(now)
+    name = ingress_leaf_subject(host, organization=organization)
+    host = _dns_name(host)
+    _check_issuer(issuer, now, issues_ca=False)
+    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size != key_size:
+        raise PkiError(f"the ingress certificate's key must be RSA {key_size}")
+    validity = _validity(now, days, backdate, issuer=issuer.cert)
+    extensions: _Extensions = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        # RFC 5280 4.2.1.3: keyUsage SHOULD be critical when present.
+        (_LEAF_KEY_USAGE, True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName([x509.DNSName(host)]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (_authority_key_id(issuer.cert), False),
+    ]
+    return _sign(name, public_key, issuer.cert.subject, issuer, validity, extensions)
+
+
 def generate_ingress_leaf(
     issuer: CertKeyPair,
     *,
@@ -253,56 +379,20 @@ def generate_ingress_leaf(
     organization: str = "Istio Services",
     backdate: timedelta = DEFAULT_BACKDATE,
 ) -> CertKeyPair:
-    """Create the ingress backend's server certificate (``CN=<host>, O=Istio Services``).
+    """A new key in memory and :func:`issue_ingress_leaf` for it: the offline form.
 
-    The project signs it with the root (as the spec says); any CA pair works.
-    It carries ``CA:false``, keyUsage digitalSignature+keyEncipherment,
-    extendedKeyUsage serverAuth and ``DNS:<host>``. notAfter is clamped to
-    the issuer's notAfter.
-
-    Args:
-        issuer: The signing CA with its key (the root CA in this project).
-        now: Current time, timezone-aware.
-        host: DNS name for CN and subjectAltName.
-        key_size: RSA modulus bits.
-        days: Validity in days before clamping.
-        organization: Subject O.
-        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
-
-    Returns:
-        The leaf certificate and its new private key.
+    meshflow's flows let Key Vault generate the key instead (see :mod:`tasks.pki`).
 
     Raises:
         PkiError: A parameter is out of range, or ``issuer`` cannot issue now.
     """
-    now = checked_now(now)
-    host = _dns_name(host)
-    if len(host) > _MAX_COMMON_NAME_LEN:
-        raise PkiError(
-            f"host {host!r} is longer than {_MAX_COMMON_NAME_LEN} characters, the limit for a "
-            "subject CN; use a shorter name"
-        )
-    _check_issuer(issuer, now, issues_ca=False)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, host),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        ]
-    )
-    not_before, not_after = _validity(now, days, backdate, issuer=issuer.cert)
-    # Generate the key last: it is the slow step, so bad input fails fast.
+    ingress_leaf_subject(host, organization=organization)  # bad input fails before the key
+    _check_issuer(issuer, checked_now(now), issues_ca=False)
     key = _new_rsa_key(key_size)
-    extensions: _Extensions = [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        # RFC 5280 4.2.1.3: keyUsage SHOULD be critical when present.
-        (_LEAF_KEY_USAGE, True),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        (x509.SubjectAlternativeName([x509.DNSName(host)]), False),
-        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
-        (_authority_key_id(issuer.cert), False),
-    ]
-    validity = (not_before, not_after)
-    cert = _sign(name, key.public_key(), issuer.cert.subject, issuer.key, validity, extensions)
+    cert = issue_ingress_leaf(
+        issuer, key.public_key(), now=now, host=host, key_size=key_size, days=days,
+        organization=organization, backdate=backdate,
+    )  # fmt: skip
     return CertKeyPair(cert=cert, key=key)
 
 
@@ -334,9 +424,10 @@ def _validity(
     return not_before, not_after
 
 
-def _check_issuer(issuer: CertKeyPair, now: datetime, *, issues_ca: bool) -> None:
+def _check_issuer(issuer: Issuer, now: datetime, *, issues_ca: bool) -> None:
     name = describe(issuer.cert)
-    if not key_matches_cert(issuer.key, issuer.cert):
+    # A remote key is checked after signing: the signature must verify with the certificate.
+    if isinstance(issuer, CertKeyPair) and not key_matches_cert(issuer.key, issuer.cert):
         raise PkiError(f"the issuer key does not belong to {name!r}; load the key issued with it")
     usage = key_usage(issuer.cert)
     if not is_ca(issuer.cert) or (usage is not None and not usage.key_cert_sign):
@@ -364,24 +455,46 @@ def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
-def _sign(
+def _builder(
     subject: x509.Name,
     public_key: CertificatePublicKeyTypes,
     issuer_name: x509.Name,
-    issuer_key: PrivateKey,
     validity: tuple[datetime, datetime],
     extensions: _Extensions,
-) -> x509.Certificate:
+) -> x509.CertificateBuilder:
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(public_key)
-        # 159 random bits: unpredictable, positive and within RFC 5280's 20 octets.
-        .serial_number(x509.random_serial_number())
         .not_valid_before(validity[0])
         .not_valid_after(validity[1])
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(issuer_key, signing_hash(issuer_key))
+    return builder
+
+
+def _sign(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    issuer_name: x509.Name,
+    issuer: Issuer | PrivateKey,
+    validity: tuple[datetime, datetime],
+    extensions: _Extensions,
+) -> x509.Certificate:
+    # 159 random bits: unpredictable, positive and within RFC 5280's 20 octets.
+    builder = _builder(subject, public_key, issuer_name, validity, extensions).serial_number(
+        x509.random_serial_number()
+    )
+    if isinstance(issuer, RemoteIssuer):
+        cert = sign_with(builder, issuer.sign_digest)
+        problem = signature_problem(cert, issuer.cert)
+        if problem:
+            raise PkiError(
+                f"{describe(issuer.cert)!r} signed {describe(cert)!r}, but the signature does "
+                f"not verify with its certificate ({problem}): the signer holds another key"
+            )
+        return cert
+    key = issuer.key if isinstance(issuer, CertKeyPair) else issuer
+    return builder.sign(key, signing_hash(key))
