@@ -2,7 +2,10 @@
 
 The blocks are the same types a real environment uses; only their values point at the
 emulator (endpoints, CA bundle) instead of Azure. The emulator serves one vault, whose URL is
-the emulator's own.
+the emulator's own. Its token endpoint knows only registered client applications, so the
+service principal the blocks name is registered with the same secret the blocks hold
+(:func:`wire_environment` does it through the admin API; :func:`client_registration` is the
+same registration as an entry of the emulator process's ``clients`` config).
 """
 
 from __future__ import annotations
@@ -107,6 +110,17 @@ class Emulator(Protocol):
         self, subscription: str, resource_group: str, name: str, **spec: Any
     ) -> None: ...
 
+    def register_client(self, client_id: str, secret: str) -> None: ...  # noqa: D102
+
+
+def client_registration(secret: str) -> dict[str, str]:
+    """The sandbox's service principal as an entry of the emulator config's ``clients`` list.
+
+    Save the blocks with the same ``secret`` (``save_environment(client_secret=secret)``): the
+    emulator's token endpoint refuses any other (AADSTS7000215).
+    """
+    return {"client_id": CLIENT_ID, "secret": secret}
+
 
 def cluster_registration(cluster: LocalCluster) -> dict[str, Any]:
     """How the emulator knows a local control plane: as an AKS cluster of the sandbox."""
@@ -129,17 +143,24 @@ def wire_environment(
     environment: str = ENVIRONMENT,
     pki: PkiSettings | None = None,
 ) -> MeshSpec:
-    """Register ``clusters`` with ``emulator`` and save the environment's blocks; its spec."""
+    """Register ``clusters`` and a new client secret with ``emulator``, save the blocks; the spec.
+
+    The secret is added to the sandbox's service principal (earlier environments' secrets stay
+    valid) before the blocks that hold it are saved.
+    """
     for cluster in clusters:
         spec = cluster_registration(cluster)
         emulator.register_cluster(
             spec.pop("subscription"), spec.pop("resourceGroup"), spec.pop("name"), **spec
         )
+    client_secret = secrets.token_urlsafe(24)
+    client = client_registration(client_secret)
+    emulator.register_client(client["client_id"], client["secret"])
     mesh = sandbox_spec([c.name for c in clusters], environment=environment, pki=pki)
     save_environment(
         mesh,
         emulator_url=emulator.url,
         ca_bundle=str(emulator.ca_bundle),
-        client_secret=secrets.token_urlsafe(24),
+        client_secret=client_secret,
     )
     return mesh

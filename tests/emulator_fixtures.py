@@ -2,17 +2,21 @@
 
 ``azure_emulator`` is session scoped; ``emulator`` is the same object with faults and the request
 log cleared around each test. Client fixtures are configured exactly as production code would be,
-changed only by endpoint and CA bundle (see ``sandbox.azure``'s docstring for the recipe).
+changed only by endpoint and CA bundle (see ``sandbox.azure``'s docstring for the recipe). The
+emulator knows one client application, ``CLIENT_ID`` with ``CLIENT_SECRET``, as Entra knows an
+app registration; :func:`new_emulator` makes more emulators that know it too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.identity import ClientSecretCredential
 from azure.keyvault.certificates import CertificateClient
+from azure.keyvault.keys import KeyClient
 from azure.keyvault.secrets import SecretClient
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.containerservice import ContainerServiceClient
@@ -24,12 +28,20 @@ from sandbox.azure import AzureEmulator
 
 SUBSCRIPTION = "6f1d2c3b-0a9e-4f8d-8c7b-6a5e4d3c2b1a"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"
+CLIENT_SECRET = "emulator-test-client-secret"
+
+
+def new_emulator(
+    state_dir: Path, *, clients: dict[str, str] | None = None, **kwargs: Any
+) -> AzureEmulator:
+    """An (unstarted) emulator in ``state_dir`` that knows ``CLIENT_ID`` (and ``clients``)."""
+    return AzureEmulator(state_dir, clients={CLIENT_ID: CLIENT_SECRET, **(clients or {})}, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureEmulator]:
     """A running in-process emulator for the whole session."""
-    with AzureEmulator(tmp_path_factory.mktemp("azure-emulator"), lro_retry_after_ms=10) as emu:
+    with new_emulator(tmp_path_factory.mktemp("azure-emulator"), lro_retry_after_ms=10) as emu:
         yield emu
 
 
@@ -43,13 +55,12 @@ def emulator(azure_emulator: AzureEmulator) -> Iterator[AzureEmulator]:
 
 
 def emulator_credential(
-    emu: AzureEmulator,
-    secret: str = "any-secret",  # noqa: S107 - the emulator takes any
+    emu: AzureEmulator, secret: str = CLIENT_SECRET, client_id: str = CLIENT_ID
 ) -> ClientSecretCredential:
     """A ``ClientSecretCredential`` that gets its tokens from the emulator."""
     return ClientSecretCredential(
         emu.tenant_id,
-        CLIENT_ID,
+        client_id,
         secret,
         authority=emu.url,
         disable_instance_discovery=True,
@@ -86,6 +97,16 @@ def certificate_client(
     """A real ``CertificateClient`` for the emulator's vault."""
     ca = str(azure_emulator.ca_bundle)
     with CertificateClient(azure_emulator.url, azure_credential, connection_verify=ca) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def key_client(
+    azure_emulator: AzureEmulator, azure_credential: ClientSecretCredential
+) -> Iterator[KeyClient]:
+    """A real ``KeyClient`` for the emulator's vault."""
+    ca = str(azure_emulator.ca_bundle)
+    with KeyClient(azure_emulator.url, azure_credential, connection_verify=ca) as client:
         yield client
 
 

@@ -272,7 +272,7 @@ def test_arm_errors(emulator: AzureEmulator) -> None:
 
 def test_wrong_secret_on_arm(emulator: AzureEmulator) -> None:
     client = ContainerServiceClient(
-        emulator_credential(emulator, "wrong-secret"),
+        emulator_credential(emulator, "not-the-registered-secret"),
         SUBSCRIPTION,
         base_url=emulator.url,
         connection_verify=str(emulator.ca_bundle),

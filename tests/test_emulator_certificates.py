@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.keyvault.certificates import (
     CertificateClient,
     CertificateContentType,
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from sandbox.azure import AzureEmulator
-from tests.emulator_fixtures import emulator_credential
+from tests.emulator_fixtures import emulator_credential, new_emulator
 
 pytestmark = pytest.mark.emulator
 FAST = {"_polling_interval": 0.01}  # the SDK's private knob; its default waits 5 s between polls
@@ -194,7 +194,7 @@ def test_admin_drop_certificate(
 
 
 def test_pending_polls_zero_needs_no_client_tuning(tmp_path: Path) -> None:
-    with AzureEmulator(tmp_path, pending_polls=0) as emu:
+    with new_emulator(tmp_path, pending_polls=0) as emu:
         ca = str(emu.ca_bundle)
         client = CertificateClient(emu.url, emulator_credential(emu), connection_verify=ca)
         started = time.monotonic()
@@ -271,6 +271,26 @@ def test_a_pending_creation_can_be_dropped(certificate_client: CertificateClient
         certificate_client.get_certificate_operation("dropped")
     with pytest.raises(ResourceNotFoundError):
         certificate_client.get_certificate("dropped")
+
+
+def test_creating_again_while_a_creation_is_pending_is_409(
+    certificate_client: CertificateClient,
+) -> None:
+    policy = CertificatePolicy(issuer_name="Unknown", subject="CN=twice")
+    first = certificate_client.begin_create_certificate("twice", policy).result()
+    with pytest.raises(ResourceExistsError) as conflict:
+        certificate_client.begin_create_certificate("twice", policy)
+    assert conflict.value.status_code == 409
+    assert conflict.value.error is not None
+    assert conflict.value.error.code == "Conflict"
+    assert "pending" in str(conflict.value.message)
+    still = certificate_client.get_certificate_operation("twice")
+    assert still.status == "inProgress"
+    assert (still.request_id, still.csr) == (first.request_id, first.csr)  # the first one, kept
+    certificate_client.delete_certificate_operation("twice")
+    again = certificate_client.begin_create_certificate("twice", policy).result()
+    assert again.status == "inProgress"
+    assert again.request_id != first.request_id
 
 
 def test_keys_made_ahead_are_each_used_once_and_cost_their_making_time(

@@ -196,7 +196,7 @@ def test_admin_faults_over_http(emulator: AzureEmulator, secret_client: SecretCl
 
 
 def test_wrong_client_secret(emulator: AzureEmulator) -> None:
-    credential = emulator_credential(emulator, secret="wrong-secret")
+    credential = emulator_credential(emulator, secret="not-the-registered-secret")
     with pytest.raises(ClientAuthenticationError, match="AADSTS7000215"):
         credential.get_token("https://vault.azure.net/.default")
     HttpChallengeCache.clear()

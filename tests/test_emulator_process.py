@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from azure.identity import ClientSecretCredential
+from azure.keyvault.secrets import SecretClient
 from azure.mgmt.containerservice import ContainerServiceClient
 
+from sandbox import processes
+from sandbox.azure.admin import start_emulator_process
 from tests.emulator_fixtures import CLIENT_ID, SUBSCRIPTION
 
 pytestmark = pytest.mark.emulator
@@ -36,6 +39,7 @@ def test_process_mode(tmp_path: Path) -> None:
     config.write_text(
         json.dumps(
             {
+                "clients": [{"client_id": CLIENT_ID, "secret": "s"}],
                 "clusters": [
                     {
                         "subscription": SUBSCRIPTION,
@@ -47,7 +51,7 @@ def test_process_mode(tmp_path: Path) -> None:
                         "fqdn": "aks-proc.example",
                         "aad": False,
                     }
-                ]
+                ],
             }
         )
     )
@@ -88,3 +92,34 @@ def test_process_mode(tmp_path: Path) -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_admin_client_against_a_process(tmp_path: Path) -> None:
+    marker = str(tmp_path)
+    admin = start_emulator_process(tmp_path / "azure", marker=marker)
+    tenant = json.loads((tmp_path / "azure" / "emulator.json").read_text())["tenant_id"]
+    try:
+        admin.register_client("app-over-http", "its-secret")
+        admin.record_bodies(True)
+        with (
+            ClientSecretCredential(
+                tenant, "app-over-http", "its-secret", authority=admin.url,
+                disable_instance_discovery=True, connection_verify=str(admin.ca_bundle),
+            ) as credential,
+            SecretClient(admin.url, credential, connection_verify=str(admin.ca_bundle)) as client,
+        ):  # fmt: skip
+            client.set_secret("over-http", "v")
+        log = admin.requests_log()
+        assert isinstance(log, list)
+        assert all(isinstance(e, dict) for e in log)
+        puts = [e for e in log if e["path"] == "/secrets/over-http"]
+        assert [e["status"] for e in puts] == [401, 200]
+        assert json.loads(puts[-1]["request_body"]) == {"value": "v"}
+        assert {k.lower(): v for k, v in puts[-1]["request_headers"].items()}[
+            "authorization"
+        ] == "Bearer"
+        assert all(not e["path"].startswith("/_emulator") for e in log)
+        admin.clear_log()
+        assert admin.requests_log() == []
+    finally:
+        processes.stop(processes.running_under(marker))

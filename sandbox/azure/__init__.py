@@ -1,17 +1,23 @@
 """An HTTPS emulator of the Azure services meshflow uses, for the real, unmodified Azure SDKs.
 
-It serves Entra ID client-credential tokens, the Key Vault data plane (secrets, certificates)
-and a slice of ARM (AKS, Application Gateway, public IPs, managed identities, role assignments,
-Key Vault access policies) on one port, over TLS signed by a CA it generates on start. All state
-is in memory. Run it in-process (:class:`AzureEmulator`) or as a process
-(``python -m sandbox.azure --state-dir DIR``; see :mod:`sandbox.azure.__main__`).
+It serves Entra ID client-credential tokens, the Key Vault data plane (secrets, certificates,
+keys with sign/verify) and a slice of ARM (AKS, Application Gateway, public IPs, managed
+identities, role assignments, Key Vault access policies) on one port, over TLS signed by a CA it
+generates at first start in its state folder. Its state is kept in memory and saved to
+``<state_dir>/vault-state.json`` (0600), so a restart on the same folder and port serves the same
+vault, resources, clients and tokens under the same CA (see :mod:`.persistence`). Run it
+in-process (:class:`AzureEmulator`) or as a process (``python -m sandbox.azure --state-dir DIR``;
+see :mod:`sandbox.azure.__main__`).
 
 Client recipe (``url`` = ``emulator.url`` = ``https://127.0.0.1:PORT``, ``ca`` =
-``str(emulator.ca_bundle)``, ``tenant`` = ``emulator.tenant_id``)::
+``str(emulator.ca_bundle)``, ``tenant`` = ``emulator.tenant_id``; ``client_id``/``secret``
+registered first with ``register_client`` or the config's ``clients``, as an app registration
+must exist in Entra)::
 
     credential = ClientSecretCredential(tenant, client_id, secret, authority=url,
                                         disable_instance_discovery=True, connection_verify=ca)
-    SecretClient(url, credential, connection_verify=ca)          # same for CertificateClient
+    SecretClient(url, credential, connection_verify=ca)  # same for CertificateClient, KeyClient
+    CryptographyClient(key, credential, connection_verify=ca)    # key: a KeyVaultKey or its id
     ContainerServiceClient(credential, subscription, base_url=url, connection_verify=ca)
     # ... and likewise NetworkManagementClient, ManagedServiceIdentityClient,
     # AuthorizationManagementClient, KeyVaultManagementClient.
@@ -46,5 +52,6 @@ operation, or pass the SDK's ``_polling_interval`` in tests.
 """
 
 from .emulator import DEFAULT_TENANT, AzureEmulator
+from .persistence import STATE_FILE, StateFileError
 
-__all__ = ["DEFAULT_TENANT", "AzureEmulator"]
+__all__ = ["DEFAULT_TENANT", "STATE_FILE", "AzureEmulator", "StateFileError"]

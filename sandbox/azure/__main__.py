@@ -3,10 +3,17 @@
 Usage: ``python -m sandbox.azure --state-dir DIR [--port P] [--config FILE]``.
 
 Once listening it writes ``DIR/emulator.json`` (``url``, ``ca_bundle``, ``pid``, ``tenant_id``)
-atomically; on SIGTERM or SIGINT it stops serving, removes that file and exits 0. The optional
-JSON config may set ``tenant_id``, ``pending_polls``, ``lro_polls``, ``lro_retry_after_ms`` and
-pre-register ``clusters`` (``subscription``, ``resourceGroup``, ``name`` plus the admin API's
-cluster fields) and ``vaults`` (``subscription``, ``resourceGroup``, ``name``, ``location``).
+atomically; on SIGTERM or SIGINT it stops serving, writes its state a last time, removes that
+file and exits 0. Started again with the same ``--state-dir`` (and ``--port``, so the URL stays
+the same), it reuses its CA and restores its state from ``DIR/vault-state.json`` (see
+:mod:`sandbox.azure.persistence`); after SIGKILL, what changed in its last ~0.2 s is lost.
+
+The optional JSON config may set ``tenant_id``, ``pending_polls``, ``lro_polls``,
+``lro_retry_after_ms``, ``record_bodies`` (bool) and pre-register ``clients``
+(``[{"client_id": ..., "secret": ...}]``), ``clusters`` (``subscription``, ``resourceGroup``,
+``name`` plus the admin API's cluster fields) and ``vaults`` (``subscription``,
+``resourceGroup``, ``name``, ``location``). The config is applied on every start, after the
+saved state is restored.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         pending_polls=int(config.get("pending_polls", 1)),
         lro_polls=int(config.get("lro_polls", 1)),
         lro_retry_after_ms=int(config.get("lro_retry_after_ms", 50)),
+        record_bodies=bool(config.get("record_bodies", False)),
     )
     info_file = args.state_dir / "emulator.json"
     with emulator:

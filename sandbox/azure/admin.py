@@ -1,8 +1,8 @@
 """Run the emulator as its own process, and drive it through its admin API.
 
 :class:`EmulatorAdmin` has the same admin methods as the in-process
-:class:`~sandbox.azure.AzureEmulator` (faults, request log, clusters, dropping objects), over
-HTTPS. A separate process is what the sandbox uses, and what benchmarks need: in-process, the
+:class:`~sandbox.azure.AzureEmulator` (faults, request log, clients, clusters, dropping objects),
+over HTTPS. A separate process is what the sandbox uses, and what benchmarks need: in-process, the
 emulator's request handling would compete with the flow for the interpreter lock, which Azure,
 being remote, never does.
 """
@@ -14,6 +14,7 @@ import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,20 @@ class EmulatorAdmin:
         return json.loads(raw) if raw else None
 
     def requests_log(self) -> list[dict[str, Any]]:
-        """Every non-admin request so far: method, path, status, ..."""
-        return list(self._call("GET", "requests") or [])
+        """Every non-admin request so far: method, path, status, ... (bodies if recorded)."""
+        return list(self._call("GET", "requests")["requests"])
 
     def clear_log(self) -> None:
         """Forget the request log."""
         self._call("DELETE", "requests")
+
+    def record_bodies(self, on: bool = True) -> None:
+        """Record (or stop recording) bodies and headers in the request log, from now on."""
+        self._call("PUT", "requests", {"bodies": on})
+
+    def register_client(self, client_id: str, secret: str) -> None:
+        """Register client application ``client_id``, or add ``secret`` to its secrets."""
+        self._call("PUT", f"clients/{urllib.parse.quote(client_id, safe='')}", {"secret": secret})
 
     def add_fault(self, **rule: Any) -> None:
         """Add a fault rule (method, path regex, status, retry_after, times, delay_ms)."""
@@ -96,13 +105,33 @@ class EmulatorAdmin:
         """Remove a certificate and its backing secret completely; False if there was none."""
         return self._drop("certificates", name)
 
+    def drop_key(self, name: str) -> bool:
+        """Remove a standalone key completely; False if there was none."""
+        return self._drop("keys", name)
+
 
 def start_emulator_process(
-    state_dir: Path, *, marker: str, config: dict[str, Any] | None = None, timeout: float = 30
+    state_dir: Path,
+    *,
+    marker: str,
+    config: dict[str, Any] | None = None,
+    port: int | None = None,
+    timeout: float = 30,
 ) -> EmulatorAdmin:
-    """Start ``python -m sandbox.azure`` in ``state_dir`` and wait until it listens."""
+    """Start ``python -m sandbox.azure`` in ``state_dir`` and wait until it listens.
+
+    Started again on the folder of a stopped (or killed) emulator, with its ``port``, it serves
+    the same URL with the same CA and restores the state saved there.
+
+    Raises:
+        RuntimeError: it exited or did not listen within ``timeout`` seconds (the log's tail
+            says why).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "emulator.json").unlink(missing_ok=True)  # a killed emulator's stale address
     argv = [sys.executable, "-m", "sandbox.azure", "--state-dir", str(state_dir)]
+    if port is not None:
+        argv += ["--port", str(port)]
     if config is not None:
         config_file = state_dir / "config.json"
         config_file.write_text(json.dumps(config))

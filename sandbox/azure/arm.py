@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .persistence import json_copy
 from .server import HttpError, Request, Response, Route, route
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
@@ -108,7 +109,29 @@ class Arm:
             ("PUT", roles, self._put_role),
             ("DELETE", roles, self._delete_role),
         ]
-        return [route(method, path, fn, "arm", nocase=True) for method, path, fn in table]
+        return [
+            route(method, path, fn, "arm", nocase=True, mutates=fn == self._operation)
+            for method, path, fn in table
+        ]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every resource, registered cluster and running operation, as JSON-ready data."""
+        return {
+            "resources": json_copy(self.resources),
+            "clusters": {
+                rid: {"body": json_copy(c.body), "kubeconfigs": dict(c.kubeconfigs)}
+                for rid, c in self.clusters.items()
+            },
+            "operations": {op: [rid, polls[0]] for op, (rid, polls) in self.operations.items()},
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the resources, clusters and operations with a :meth:`snapshot`'s."""
+        self.resources = data["resources"]
+        self.clusters = {
+            rid: Cluster(c["body"], c["kubeconfigs"]) for rid, c in data["clusters"].items()
+        }
+        self.operations = {op: (rid, [polls]) for op, (rid, polls) in data["operations"].items()}
 
     def _find(self, rid: str, m: re.Match[str]) -> dict[str, Any]:
         found = self.resources.get(rid.lower())

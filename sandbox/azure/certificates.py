@@ -6,8 +6,10 @@ PEM, per the policy's ``secret_props.contentType``. Creating generates the key a
 with a pending operation and its CSR; ``GET .../pending`` says ``inProgress`` for the first
 ``pending_polls`` polls, then signs the certificate (issuer ``Self``) and says ``completed``.
 Issuer ``Unknown`` stays pending until ``POST .../pending/merge`` brings the certificate (chain)
-issued for that key, or ``DELETE .../pending`` drops it; other issuers are rejected. Keys exist
-only as ``kid`` references.
+issued for that key, or ``DELETE .../pending`` drops it; other issuers are rejected. A create
+request while a creation is still pending is 409 ``Conflict``, as in Azure. Each version's key
+is also a *managed* key of the same name and version (``GET /keys/{name}`` answers it with
+``managed: true``, see :mod:`.keys`); this store shows those keys to the key store.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from . import jwk
+from .keys import KeyStore, KeyVersion, StoredKey
 from .keyvault import (
     Secret,
     SecretStore,
@@ -34,6 +40,7 @@ from .keyvault import (
     page,
     parse_attributes,
 )
+from .persistence import json_copy
 from .server import HttpError, Request, Response, Route, route
 from .x509util import (
     PEM,
@@ -41,8 +48,11 @@ from .x509util import (
     CertVersion,
     Key,
     bad,
+    cert_from_b64,
     create_policy,
     import_policy,
+    key_from_b64,
+    key_to_b64,
     load_pem,
     load_pfx,
     new_key,
@@ -68,6 +78,11 @@ class Pending:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = "inProgress"
 
+    @cached_property
+    def key_b64(self) -> str:
+        """The key as base64 PKCS#8 DER, for the state file (computed once)."""
+        return key_to_b64(self.key)
+
 
 @dataclass
 class Certificate:
@@ -87,15 +102,43 @@ class Certificate:
         return next(reversed(self.versions.values()))
 
 
+def _managed_version(cert: Certificate, cv: CertVersion, sv: SecretVersion) -> KeyVersion:
+    """The managed key of a certificate version, with its backing secret's attributes."""
+    props = cert.policy.get("key_props") or {}
+    family = jwk.RSA_TYPES if isinstance(cv.key, rsa.RSAPrivateKey) else jwk.EC_TYPES
+    kty = str(props["kty"]) if props.get("kty") in family else family[0]
+    return KeyVersion(
+        cv.version,
+        cv.key,
+        kty,
+        jwk.key_operations(kty, None),
+        sv.tags,
+        sv.enabled,
+        sv.nbf,
+        sv.exp,
+        exportable=bool(props.get("exportable", True)),
+        created=sv.created,
+        updated=sv.updated,
+        managed=True,
+    )
+
+
 class CertificateStore:
-    """Certificates of the vault; their backing secrets live in ``secrets``."""
+    """Certificates of the vault; their backing secrets live in ``secrets``, keys in ``keys``."""
 
     def __init__(
-        self, secrets: SecretStore, pending_polls: int = 1, *, lock: threading.RLock | None = None
+        self,
+        secrets: SecretStore,
+        pending_polls: int = 1,
+        *,
+        keys: KeyStore | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
         self.secrets = secrets
         self._lock = lock or threading.RLock()
         """The emulator's state lock; imports take it themselves, around the state they touch."""
+        self.keys = keys or KeyStore(lock=self._lock)
+        """Standalone keys: they hold their names against certificates."""
         self.pending_polls = pending_polls
         self.live: dict[str, Certificate] = {}
         self.deleted: dict[str, Certificate] = {}
@@ -113,6 +156,60 @@ class CertificateStore:
         self.secrets.drop(name)
         return any(found)
 
+    # -- managed keys (the key store's view of certificates) -----------------------------------
+
+    def managed_key(self, name: str, *, deleted: bool = False) -> StoredKey | None:
+        """The managed key of certificate ``name`` (live or soft-deleted); None if none issued."""
+        cert = (self.deleted if deleted else self.live).get(name.lower())
+        secret = (self.secrets.deleted if deleted else self.secrets.live).get(name.lower())
+        if cert is None or secret is None or not cert.versions:
+            return None
+        versions = {
+            v: _managed_version(cert, cv, secret.versions[v]) for v, cv in cert.versions.items()
+        }
+        return StoredKey(cert.name, versions, cert.deleted_date, managed=True)
+
+    def managed_keys(self, *, deleted: bool = False) -> list[StoredKey]:
+        """The managed keys of every live (or soft-deleted) certificate that has a version."""
+        names = self.deleted if deleted else self.live
+        found = (self.managed_key(n, deleted=deleted) for n in names)
+        return [k for k in found if k is not None]
+
+    def holds(self, name: str) -> bool:
+        """Whether a live certificate, issued or still pending, has this name."""
+        return name.lower() in self.live
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Certificates as JSON-ready data: DER as base64, keys as base64 PKCS#8 DER."""
+        return {
+            "live": [_certificate_json(c) for c in self.live.values()],
+            "deleted": [_certificate_json(c) for c in self.deleted.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the certificates with a :meth:`snapshot`'s and relink their secrets.
+
+        Call after the secret store's own ``restore``.
+
+        Raises:
+            ValueError: a certificate version has no backing secret in the restored secrets.
+        """
+        self.live = {c.name.lower(): c for c in map(_certificate_from_json, data["live"])}
+        self.deleted = {c.name.lower(): c for c in map(_certificate_from_json, data["deleted"])}
+        for certs, secrets in (
+            (self.live, self.secrets.live),
+            (self.deleted, self.secrets.deleted),
+        ):
+            for name, cert in certs.items():
+                for version, cv in cert.versions.items():
+                    try:
+                        secrets[name].versions[version].cert = cv
+                    except KeyError as exc:
+                        message = f"certificate {cert.name}/{version} has no backing secret"
+                        raise ValueError(message) from exc
+
     def routes(self) -> list[Route]:
         """The certificates REST routes."""
         name, deleted = r"/certificates/(?P<name>[^/]+)", r"/deletedcertificates/(?P<name>[^/]+)/?"
@@ -120,19 +217,27 @@ class CertificateStore:
             ("GET", r"/certificates/?", self._list),
             ("POST", name + r"/import", self._import),
             ("POST", name + r"/create", self._create),
-            ("GET", name + r"/pending", self._pending),
+            ("GET", name + r"/pending", self._pending),  # a poll may complete the creation
             ("DELETE", name + r"/pending", self._delete_pending),
             ("POST", name + r"/pending/merge", self._merge),
             ("GET", name + r"/policy", self._policy),
             ("GET", name + r"/versions/?", self._versions),
             ("DELETE", name + r"/?", self._delete),
             ("GET", name + r"(?:/(?P<version>[^/]*))?", self._get),
+            ("PATCH", name + r"(?:/(?P<version>[^/]*))?", self._update),
             ("GET", deleted, self._get_deleted),
             ("DELETE", deleted, self._purge),
         ]
         unlocked = (self._import, self._create)  # they take the lock around state themselves
         return [
-            route(method, path, handler, "keyvault", locked=handler not in unlocked)
+            route(
+                method,
+                path,
+                handler,
+                "keyvault",
+                locked=handler not in unlocked,
+                mutates=handler == self._pending,
+            )
             for method, path, handler in table
         ]
 
@@ -149,6 +254,30 @@ class CertificateStore:
         secret = self.secrets.live.get(name.lower())
         if secret is not None and secret.latest.cert is None:
             raise HttpError(409, "Conflict", f"There is a secret named {name} already.")
+        if name.lower() in self.keys.deleted:
+            raise HttpError(
+                409,
+                "Conflict",
+                f"Key {name} is currently in a deleted but recoverable state, and its name "
+                "cannot be reused; in this state, the key can only be recovered or purged.",
+            )
+        if name.lower() in self.keys.live:
+            raise HttpError(409, "Conflict", f"There is a key named {name} already.")
+
+    def _check_not_pending(self, name: str, base: str) -> None:
+        """Raise Azure's 409 while a creation of certificate ``name`` is still pending."""
+        cert = self.live.get(name.lower())
+        if cert is None or cert.pending is None or cert.pending.status != "inProgress":
+            return
+        raise HttpError(
+            409,
+            "Conflict",
+            f"There was a conflict while creating certificate '{base}/certificates/{cert.name}': "
+            "a prior operation on this certificate is still pending. This can happen when "
+            "multiple operations are performed in parallel against the pending certificate. "
+            "To avoid this error, wait for the pending operation to complete (or merge or "
+            "delete it) before creating the certificate again.",
+        )
 
     def _add(
         self, name: str, policy: dict[str, Any], cv: CertVersion, body: dict[str, Any]
@@ -219,6 +348,7 @@ class CertificateStore:
         # Not under the state lock while the key is generated (see x509util).
         with self._lock:
             self._check_free(m["name"])
+            self._check_not_pending(m["name"], req.base_url)
         body = req.json()
         requested = body.get("policy") or {}
         issuer = str((requested.get("issuer") or {}).get("name") or "Unknown")
@@ -234,6 +364,7 @@ class CertificateStore:
         )
         with self._lock:
             self._check_free(m["name"])
+            self._check_not_pending(m["name"], req.base_url)  # another one came in meanwhile
             cert = self.live.setdefault(m["name"].lower(), Certificate(m["name"], policy))
             cert.pending = Pending(key, csr, policy, body, self.pending_polls)
             location = f"{req.base_url}/certificates/{cert.name}/pending"
@@ -310,6 +441,21 @@ class CertificateStore:
             raise not_found("Certificate", f"{cert.name}/{m['version']}")
         return Response(200, self._json(req.base_url, cert, cv))
 
+    def _update(self, req: Request, m: re.Match[str]) -> Response:
+        """``update_certificate_properties``: a version's enabled flag and tags (its secret's)."""
+        cert = self.get(m["name"])
+        cv = cert.versions.get(m["version"]) if m["version"] else cert.latest
+        if cv is None:
+            raise not_found("Certificate", f"{cert.name}/{m['version']}")
+        body = req.json()
+        sv = self.secrets.live[cert.name.lower()].versions[cv.version]
+        for key, value in parse_attributes(body.get("attributes")).items():
+            setattr(sv, key, value)
+        if "tags" in body:
+            sv.tags = body["tags"]
+        sv.updated = now()
+        return Response(200, self._json(req.base_url, cert, cv))
+
     def _policy(self, req: Request, m: re.Match[str]) -> Response:
         cert = self.get(m["name"])
         return Response(
@@ -346,3 +492,47 @@ class CertificateStore:
         del self.deleted[self.get(m["name"], deleted=True).name.lower()]
         self.secrets.deleted.pop(m["name"].lower(), None)
         return Response(204)
+
+
+def _certificate_json(cert: Certificate) -> dict[str, Any]:
+    op = cert.pending
+    pending = None
+    if op is not None:
+        pending = {
+            "key": op.key_b64,
+            "csr": base64.b64encode(op.csr.public_bytes(serialization.Encoding.DER)).decode(),
+            "policy": json_copy(op.policy),
+            "request": json_copy(op.request),
+            "polls_left": op.polls_left,
+            "request_id": op.request_id,
+            "status": op.status,
+        }
+    return {
+        "name": cert.name,
+        "policy": json_copy(cert.policy),
+        "deleted_date": cert.deleted_date,
+        "versions": [
+            {"version": cv.version, "key": cv.key_b64, "certs": cv.certs_b64}
+            for cv in cert.versions.values()
+        ],
+        "pending": pending,
+    }
+
+
+def _certificate_from_json(data: dict[str, Any]) -> Certificate:
+    cert = Certificate(data["name"], data["policy"], deleted_date=data["deleted_date"])
+    for v in data["versions"]:
+        leaf, *chain = (cert_from_b64(c) for c in v["certs"])
+        cert.versions[v["version"]] = CertVersion(leaf, key_from_b64(v["key"]), chain, v["version"])
+    if (op := data["pending"]) is not None:
+        csr = x509.load_der_x509_csr(base64.b64decode(op["csr"]))
+        cert.pending = Pending(
+            key_from_b64(op["key"]),
+            csr,
+            op["policy"],
+            op["request"],
+            op["polls_left"],
+            op["request_id"],
+            op["status"],
+        )
+    return cert

@@ -3,7 +3,19 @@
 Every public request goes through the same steps: a matching fault rule (delay and/or error)
 is applied first; then the route is resolved (404/405); the bearer token is checked (ARM 401, or
 Key Vault's 401 challenge); ARM and Key Vault calls must carry ``api-version``; finally the handler
-runs under one state lock. Admin calls (``/_emulator/...``) skip all of that and are not logged.
+runs under one state lock, and a request that may have changed state marks the state file dirty
+(see :mod:`.persistence`). Admin calls (``/_emulator/...``) skip all of that and are not logged.
+
+Admin API (JSON bodies; the in-process methods of the same names do the same):
+
+* ``GET|DELETE /_emulator/requests``: the request log / clear it; ``PUT /_emulator/requests``
+  ``{"bodies": true|false}`` records bodies and headers in it from now on (``record_bodies``).
+* ``POST|DELETE /_emulator/faults``: add a fault rule / remove every rule.
+* ``PUT /_emulator/clients/{client_id}`` ``{"secret": ...}``: register a client application
+  or add a client secret to it (``register_client``).
+* ``PUT /_emulator/{clusters|vaults}/{subscription}/{resourceGroup}/{name}``: register ARM
+  resources; ``DELETE /_emulator/keyvault/{any}/{secrets|certificates|keys}/{name}``: drop one.
+* ``GET|POST /_emulator/keys``: keys made ahead; ``GET /_emulator/info``: url and tenant.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +33,9 @@ from . import tls
 from .arm import Arm
 from .certificates import CertificateStore
 from .identity import Identity
+from .keys import KeyStore
 from .keyvault import SecretStore
+from .persistence import StateFile, ensure_private_dir
 from .server import (
     EmulatorHTTPServer,
     FaultRule,
@@ -44,7 +59,9 @@ class AzureEmulator:
     """An HTTPS emulator of Entra ID token issuance, Key Vault and a slice of ARM.
 
     Args:
-        state_dir: Where ``ca.pem`` and the server certificate/key are written.
+        state_dir: Where ``ca.pem``, the server certificate/key and ``vault-state.json`` live
+            (made 0700). Starting again on the same folder reuses the TLS files and restores
+            the state saved there.
         host: Address to listen on.
         port: Port to listen on (0 picks a free one).
         tenant_id: The only tenant the token endpoint knows; Key Vault challenges name it.
@@ -52,6 +69,10 @@ class AzureEmulator:
         lro_polls: ``InProgress`` answers an ARM async operation gives before ``Succeeded``.
         lro_retry_after_ms: ``Retry-After-Ms`` sent with ARM long-running operations.
         naive: Serve like a plain stdlib server (Nagle on); for the latency benchmark only.
+        clients: Client applications registered from the start: client id to client secret.
+        record_bodies: Record request/response bodies and headers in the request log.
+        persist: Save the state to ``state_dir`` (and restore it on start); off, all is lost
+            when the emulator stops.
     """
 
     def __init__(
@@ -65,41 +86,65 @@ class AzureEmulator:
         lro_polls: int = 1,
         lro_retry_after_ms: int = 50,
         naive: bool = False,
+        clients: Mapping[str, str] | None = None,
+        record_bodies: bool = False,
+        persist: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self._port = port
         self.tenant_id = tenant_id
         self._naive = naive
-        self._identity = Identity(tenant_id)
+        self._identity = Identity(tenant_id, clients)
         self._secrets = SecretStore()
         self._lock = threading.RLock()
-        self._certificates = CertificateStore(self._secrets, pending_polls, lock=self._lock)
+        self._keys = KeyStore(lock=self._lock)
+        self._certificates = CertificateStore(
+            self._secrets, pending_polls, keys=self._keys, lock=self._lock
+        )
+        self._keys.managed = self._certificates  # a certificate's key is a managed key
         self._arm = Arm(tenant_id, lro_polls=lro_polls, lro_retry_after_ms=lro_retry_after_ms)
         self._faults = Faults()
-        self._log = RequestLog()
+        self._log = RequestLog(bodies=record_bodies)
         self._router = Router(
             self._identity.routes()
             + self._secrets.routes()
             + self._certificates.routes()
+            + self._keys.routes()
             + self._arm.routes()
         )
         self._admin = Router(self._admin_routes())
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tls: tls.TlsFiles | None = None
+        self._state = StateFile(self.state_dir, self.snapshot) if persist else None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> AzureEmulator:
-        """Generate TLS material, bind and serve in a background thread."""
+        """Restore the saved state and TLS material (or make them), bind, serve in a thread.
+
+        Raises:
+            persistence.StateFileError: ``vault-state.json`` exists but cannot be restored
+                (the message says how to start afresh).
+            OSError: the port cannot be bound.
+        """
         if self._server is not None:
             return self
-        self._tls = tls.generate(self.state_dir)
+        ensure_private_dir(self.state_dir)
+        self._tls = tls.load_or_generate(self.state_dir)
+        if self._state is not None and (saved := self._state.read()) is not None:
+            try:
+                self.restore(saved)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise self._state.unusable(exc) from exc
+            log.info("restored the emulator's state from %s", self._state.path)
         server = EmulatorHTTPServer(
             (self.host, self._port), self.handle, self._tls.server_context(), naive=self._naive
         )
         self._server = server
+        if self._state is not None:
+            self._state.start()
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="azure-emulator"
         )
@@ -108,7 +153,7 @@ class AzureEmulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving, close keep-alive connections and join the server thread."""
+        """Stop serving, close keep-alive connections, join the server thread, save the state."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -118,6 +163,8 @@ class AzureEmulator:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._state is not None:
+            self._state.stop()
 
     def __enter__(self) -> AzureEmulator:
         return self.start()
@@ -149,15 +196,71 @@ class AzureEmulator:
             raise RuntimeError("the emulator has not been started")
         return self._tls.ca_cert
 
+    # -- state ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole emulated state as JSON-ready data (what ``vault-state.json`` holds).
+
+        Holds the state lock only while copying: encoded keys and certificates are cached.
+        """
+        with self._lock:
+            data = {
+                "secrets": self._secrets.snapshot(),
+                "certificates": self._certificates.snapshot(),
+                "keys": self._keys.snapshot(),
+                "arm": self._arm.snapshot(),
+            }
+        data["identity"] = self._identity.snapshot()
+        return data
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Replace the emulated state with a :meth:`snapshot`'s (client applications are added).
+
+        :meth:`start` calls it when ``vault-state.json`` exists, so register clusters, vaults and
+        objects after :meth:`start`; clients given to the constructor are kept.
+
+        Raises:
+            KeyError, ValueError, TypeError: ``data`` is not a snapshot this emulator made.
+        """
+        with self._lock:
+            self._secrets.restore(data["secrets"])
+            self._certificates.restore(data["certificates"])  # links the secrets back
+            self._keys.restore(data["keys"])
+            self._arm.restore(data["arm"])
+            self._identity.restore(data["identity"])
+
+    def _changed(self) -> None:
+        if self._state is not None:
+            self._state.changed()
+
     # -- in-process admin -------------------------------------------------------------------
 
     def requests_log(self) -> list[dict[str, Any]]:
-        """The public requests served so far (method, path, status, host, api_version, ...)."""
+        """The public requests served so far (method, path, status, host, api_version, ...).
+
+        With :meth:`record_bodies` on, entries also carry ``request_headers`` (Authorization
+        reduced to its scheme), ``request_body`` and ``response_body``.
+        """
         return self._log.entries()
 
     def clear_log(self) -> None:
         """Forget the request log."""
         self._log.clear()
+
+    def record_bodies(self, on: bool = True) -> None:
+        """Record (or stop recording) bodies and headers in the request log, from now on."""
+        self._log.bodies = on
+
+    def register_client(self, client_id: str, secret: str) -> None:
+        """Register client application ``client_id``, or add ``secret`` to its client secrets.
+
+        Idempotent; earlier secrets stay valid (an app registration holds several).
+
+        Raises:
+            ValueError: ``client_id`` or ``secret`` is empty.
+        """
+        self._identity.register_client(client_id, secret)
+        self._changed()
 
     def add_fault(
         self,
@@ -188,6 +291,7 @@ class AzureEmulator:
         """
         with self._lock:
             self._arm.register_cluster(subscription, resource_group, name, spec)
+        self._changed()
 
     def register_vault(
         self, subscription: str, resource_group: str, name: str, **spec: Any
@@ -195,16 +299,28 @@ class AzureEmulator:
         """Register a Key Vault ARM resource (``location``); its data plane is the one vault."""
         with self._lock:
             self._arm.register_vault(subscription, resource_group, name, spec)
+        self._changed()
 
     def drop_secret(self, name: str) -> bool:
         """Remove a secret completely (all versions, no soft delete)."""
         with self._lock:
-            return self._secrets.drop(name)
+            dropped = self._secrets.drop(name)
+        self._changed()
+        return dropped
 
     def drop_certificate(self, name: str) -> bool:
-        """Remove a certificate and its backing secret completely."""
+        """Remove a certificate, its backing secret and its managed key completely."""
         with self._lock:
-            return self._certificates.drop(name)
+            dropped = self._certificates.drop(name)
+        self._changed()
+        return dropped
+
+    def drop_key(self, name: str) -> bool:
+        """Remove a standalone key completely (all versions, no soft delete)."""
+        with self._lock:
+            dropped = self._keys.drop(name)
+        self._changed()
+        return dropped
 
     def make_keys(self, size: int, count: int) -> list[float]:
         """Make RSA keys ahead until ``count`` of ``size`` bits wait (see x509util)."""
@@ -218,8 +334,20 @@ class AzureEmulator:
         """How many RSA keys requests had the emulator make on demand so far."""
         return keys_made_on_demand()
 
-    def apply_config(self, config: dict[str, Any]) -> None:
-        """Register the ``clusters`` and ``vaults`` of a config mapping."""
+    def apply_config(self, config: Mapping[str, Any]) -> None:
+        """Register the ``clients``, ``clusters`` and ``vaults`` of a config mapping.
+
+        ``clients`` is a list of ``{"client_id": ..., "secret": ...}``.
+
+        Raises:
+            ValueError: a ``clients`` entry lacks its client_id or secret.
+        """
+        for client in config.get("clients", []):
+            if not isinstance(client, dict) or not {"client_id", "secret"} <= client.keys():
+                raise ValueError(
+                    f"each config 'clients' entry needs client_id and secret (got {client!r})"
+                )
+            self.register_client(client["client_id"], client["secret"])
         for kind, register in (
             ("clusters", self.register_cluster),
             ("vaults", self.register_vault),
@@ -241,7 +369,7 @@ class AzureEmulator:
             resp = self._serve(req)
         except HttpError as exc:
             resp = exc.response()
-        self._log.append(req, resp.status, started)
+        self._log.append(req, resp, started)
         return resp
 
     def _serve(self, req: Request) -> Response:
@@ -262,23 +390,48 @@ class AzureEmulator:
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
-        if not target.locked:
-            return target.handler(req, match)
-        with self._lock:
-            return target.handler(req, match)
+        try:
+            if not target.locked:
+                return target.handler(req, match)
+            with self._lock:
+                return target.handler(req, match)
+        finally:
+            if target.changes_state(req.method):
+                self._changed()
 
-    def _keys(self) -> dict[str, Any]:
+    def _keys_made_ahead(self) -> dict[str, Any]:
         ready = {str(size): n for size, n in self.keys_ready().items()}
         return {"ready": ready, "made_on_demand": self.keys_made_on_demand()}
 
     def _admin_routes(self) -> list[Route]:
         ok = Response(200, {"ok": True})
 
+        def json_object(req: Request) -> dict[str, Any]:
+            body = req.json()
+            if not isinstance(body, dict):
+                raise HttpError(400, "BadParameter", "The body must be a JSON object.")
+            return body
+
         def requests(req: Request, m: re.Match[str]) -> Response:
             if req.method == "DELETE":
                 self.clear_log()
                 return ok
+            if req.method == "PUT":
+                bodies = json_object(req).get("bodies")
+                if not isinstance(bodies, bool):
+                    raise HttpError(400, "BadParameter", 'Send {"bodies": true} or false.')
+                self.record_bodies(bodies)
+                return ok
             return Response(200, {"requests": self.requests_log()})
+
+        def client(req: Request, m: re.Match[str]) -> Response:
+            secret = json_object(req).get("secret")
+            try:
+                self.register_client(m["client_id"], secret if isinstance(secret, str) else "")
+            except ValueError as exc:
+                message = f'Send {{"secret": "..."}}, a non-empty string ({exc}).'
+                raise HttpError(400, "BadParameter", message) from exc
+            return ok
 
         def faults(req: Request, m: re.Match[str]) -> Response:
             if req.method == "DELETE":
@@ -288,15 +441,17 @@ class AzureEmulator:
             return ok
 
         def register(req: Request, m: re.Match[str]) -> Response:
-            spec = req.json()
-            if not isinstance(spec, dict):
-                raise HttpError(400, "BadParameter", "The body must be a JSON object.")
+            spec = json_object(req)
             add = self.register_cluster if m["kind"] == "clusters" else self.register_vault
             add(m["sub"], m["rg"], m["name"], **spec)
             return ok
 
         def drop(req: Request, m: re.Match[str]) -> Response:
-            store = self.drop_secret if m["kind"] == "secrets" else self.drop_certificate
+            store = {
+                "secrets": self.drop_secret,
+                "certificates": self.drop_certificate,
+                "keys": self.drop_key,
+            }[m["kind"]]
             if not store(m["name"]):
                 raise HttpError(404, "NotFound", f"No {m['kind'][:-1]} named {m['name']}.")
             return ok
@@ -313,20 +468,21 @@ class AzureEmulator:
                         400, "BadParameter", "size and count must be integers."
                     ) from exc
                 seconds = self.make_keys(size, count)
-                return Response(200, {"made": seconds, **self._keys()})
-            return Response(200, self._keys())
+                return Response(200, {"made": seconds, **self._keys_made_ahead()})
+            return Response(200, self._keys_made_ahead())
 
         def info(req: Request, m: re.Match[str]) -> Response:
             return Response(200, {"url": self.url, "tenant_id": self.tenant_id})
 
         triple = r"(?P<sub>[^/]+)/(?P<rg>[^/]+)/(?P<name>[^/]+)"
         return [
-            route("GET DELETE", r"/_emulator/requests", requests, "none"),
+            route("GET PUT DELETE", r"/_emulator/requests", requests, "none"),
             route("POST DELETE", r"/_emulator/faults", faults, "none"),
+            route("PUT", r"/_emulator/clients/(?P<client_id>[^/]+)", client, "none"),
             route("PUT", r"/_emulator/(?P<kind>clusters|vaults)/" + triple, register, "none"),
             route(
                 "DELETE",
-                r"/_emulator/keyvault/[^/]+/(?P<kind>secrets|certificates)/(?P<name>[^/]+)",
+                r"/_emulator/keyvault/[^/]+/(?P<kind>secrets|certificates|keys)/(?P<name>[^/]+)",
                 drop,
                 "none",
             ),

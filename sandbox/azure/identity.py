@@ -3,25 +3,32 @@
 MSAL (inside ``azure.identity.ClientSecretCredential``) first fetches
 ``/{tenant}/v2.0/.well-known/openid-configuration`` and then POSTs the form-encoded
 client-credentials grant to ``/{tenant}/oauth2/v2.0/token``. Tokens are opaque random strings
-remembered in memory; ARM and Key Vault routes accept only tokens issued here. Any client secret
-is accepted except the literal ``"wrong-secret"``, which gets AAD's ``invalid_client`` /
-AADSTS7000215 401 so the SDK raises ``ClientAuthenticationError``. Only the emulator's tenant
-exists; other tenants get AADSTS90002 like a real, unknown tenant.
+remembered by the emulator; ARM and Key Vault routes accept only tokens issued here.
+
+Client applications must be registered (``register_client``), each with one or more client
+secrets, as an app registration holds several. As Entra answers: an unknown ``client_id`` is
+400 ``unauthorized_client`` / AADSTS700016, a secret the app does not have is 401
+``invalid_client`` / AADSTS7000215; azure-identity raises ``ClientAuthenticationError`` for
+both. A ``client_assertion`` (workload identity's federated token) is accepted for a registered
+app without checking the assertion. Only the emulator's tenant exists; other tenants get
+AADSTS90002 like a real, unknown tenant.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .server import HttpError, Request, Response, Route, route
 
-WRONG_SECRET = "wrong-secret"  # noqa: S105 - the one secret the emulator rejects, by design
 TOKEN_LIFETIME = 3600
 
 
@@ -52,12 +59,64 @@ def _aad_error(status: int, error: str, code: int, description: str) -> Response
 
 
 class Identity:
-    """Token issuer and verifier for one tenant."""
+    """Token issuer and verifier for one tenant and its registered client applications.
 
-    def __init__(self, tenant_id: str) -> None:
+    Args:
+        tenant_id: The one tenant.
+        clients: Applications registered from the start, client id to client secret.
+    """
+
+    def __init__(self, tenant_id: str, clients: Mapping[str, str] | None = None) -> None:
         self.tenant_id = tenant_id
         self._tokens: dict[str, Token] = {}
+        self._clients: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        for client_id, secret in (clients or {}).items():
+            self.register_client(client_id, secret)
+
+    def register_client(self, client_id: str, secret: str) -> None:
+        """Register application ``client_id`` (if new) and add ``secret`` to its client secrets.
+
+        Idempotent. Earlier secrets stay valid, as an app registration holds several.
+
+        Raises:
+            ValueError: ``client_id`` or ``secret`` is empty or not a string.
+        """
+        if not isinstance(client_id, str) or not isinstance(secret, str):
+            raise ValueError("client_id and secret must be strings")
+        if not client_id or not secret:
+            raise ValueError("client_id and secret must not be empty")
+        with self._lock:
+            self._clients.setdefault(client_id.lower(), set()).add(secret)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Registered clients and unexpired tokens, as JSON-ready data."""
+        alive = time.time()
+        with self._lock:
+            return {
+                "clients": {c: sorted(s) for c, s in self._clients.items()},
+                "tokens": {t: asdict(i) for t, i in self._tokens.items() if i.expires_on > alive},
+            }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Add a :meth:`snapshot`'s clients and tokens to those known now.
+
+        Additive, unlike the stores' ``restore``: applications registered before the restore
+        (the emulator's ``clients`` argument) keep their secrets.
+        """
+        with self._lock:
+            for client_id, saved in data["clients"].items():
+                self._clients.setdefault(client_id, set()).update(saved)
+            self._tokens.update({t: Token(**i) for t, i in data["tokens"].items()})
+
+    def _secret_matches(self, client_id: str, secret: str) -> bool:
+        with self._lock:
+            known = list(self._clients.get(client_id.lower(), ()))
+        return any(hmac.compare_digest(secret.encode(), k.encode()) for k in known)
+
+    def _registered(self, client_id: str) -> bool:
+        with self._lock:
+            return client_id.lower() in self._clients
 
     def routes(self) -> list[Route]:
         """The OIDC discovery and token routes."""
@@ -112,6 +171,16 @@ class Identity:
             return _aad_error(
                 400, "invalid_request", 900144, "The request body must contain client_id."
             )
+        if not self._registered(client_id):
+            return _aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{self.tenant_id}'. This can happen if the application has not been installed "
+                "by the administrator of the tenant or consented to by any user in the tenant. "
+                "You may have sent your authentication request to the wrong tenant.",
+            )
         if "client_assertion" not in form:
             if not form.get("client_secret"):
                 return _aad_error(
@@ -120,7 +189,7 @@ class Identity:
                     7000216,
                     "'client_assertion' or 'client_secret' is required.",
                 )
-            if form["client_secret"] == WRONG_SECRET:
+            if not self._secret_matches(client_id, form["client_secret"]):
                 return _aad_error(
                     401,
                     "invalid_client",

@@ -1,4 +1,4 @@
-"""Key Vault data plane: secrets (this module) and certificates (:mod:`.certificates`).
+"""Key Vault data plane: secrets here; certificates in :mod:`.certificates`, keys in :mod:`.keys`.
 
 One vault per emulator, addressed as ``https://127.0.0.1:PORT`` (no path prefix). A prefix in
 ``vault_url`` would reach the server, but the SDK parses every returned id with
@@ -209,6 +209,21 @@ class SecretStore:
         """Remove a secret completely (live and deleted, all versions)."""
         return any([s.pop(name.lower(), None) for s in (self.live, self.deleted)])
 
+    def snapshot(self) -> dict[str, Any]:
+        """The secrets as JSON-ready data; a certificate's secret only marks ``certificate``.
+
+        Its key and chain are the certificate store's to save, which links them back on restore.
+        """
+        return {
+            "live": [_secret_json(s) for s in self.live.values()],
+            "deleted": [_secret_json(s) for s in self.deleted.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the secrets with a :meth:`snapshot`'s (certificate secrets not yet linked)."""
+        self.live = {s.name.lower(): s for s in map(_secret_from_json, data["live"])}
+        self.deleted = {s.name.lower(): s for s in map(_secret_from_json, data["deleted"])}
+
     def routes(self) -> list[Route]:
         """The secrets REST routes."""
         name, deleted = r"/secrets/(?P<name>[^/]+)", r"/deletedsecrets/(?P<name>[^/]+)"
@@ -301,3 +316,31 @@ class SecretStore:
         secret.deleted_date = None
         self.live[secret.name.lower()] = secret
         return Response(200, secret_json(req.base_url, secret, secret.latest, value=False))
+
+
+_VERSION_FIELDS = (
+    "version", "value", "content_type", "enabled", "nbf", "exp", "created", "updated",
+)  # fmt: skip
+
+
+def _secret_json(secret: Secret) -> dict[str, Any]:
+    return {
+        "name": secret.name,
+        "deleted_date": secret.deleted_date,
+        "versions": [
+            {
+                **{k: getattr(v, k) for k in _VERSION_FIELDS},
+                "tags": None if v.tags is None else dict(v.tags),
+                "certificate": v.cert is not None,
+            }
+            for v in secret.versions.values()
+        ],
+    }
+
+
+def _secret_from_json(data: dict[str, Any]) -> Secret:
+    secret = Secret(data["name"], deleted_date=data["deleted_date"])
+    for v in data["versions"]:
+        fields = {k: v[k] for k in (*_VERSION_FIELDS, "tags")}
+        secret.versions[v["version"]] = SecretVersion(**fields)
+    return secret

@@ -18,6 +18,7 @@ objects; they raise :class:`HttpError` for Azure-style ``{"error": {"code", "mes
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -131,6 +132,12 @@ class Route:
     auth: AuthKind
     locked: bool = True
     """Whether the emulator's state lock is held around ``handler`` (else it locks itself)."""
+    mutates: bool = False
+    """Whether a ``GET`` changes state too (a poll that advances an operation)."""
+
+    def changes_state(self, method: str) -> bool:
+        """Whether serving ``method`` on this route may change the emulator's state."""
+        return self.mutates or method != "GET"
 
 
 def route(
@@ -141,10 +148,16 @@ def route(
     *,
     nocase: bool = False,
     locked: bool = True,
+    mutates: bool = False,
 ) -> Route:
-    """Build a :class:`Route`; ``methods`` is space separated, ``pattern`` a full-match regex."""
+    """Build a :class:`Route`; ``methods`` is space separated, ``pattern`` a full-match regex.
+
+    ``mutates`` marks a route whose ``GET`` also changes state (every other method is assumed to).
+    """
     flags = re.IGNORECASE if nocase else 0
-    return Route(frozenset(methods.split()), re.compile(pattern, flags), handler, auth, locked)
+    return Route(
+        frozenset(methods.split()), re.compile(pattern, flags), handler, auth, locked, mutates
+    )
 
 
 class Router:
@@ -247,24 +260,50 @@ class Faults:
         return None
 
 
-class RequestLog:
-    """Bounded, thread-safe log of the public (non-admin) requests served."""
+def _body_text(data: bytes) -> tuple[str, str]:
+    """A body as text and its encoding: UTF-8 as is, anything else as base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), "base64"
 
-    def __init__(self, maxlen: int = 10_000) -> None:
+
+def _logged_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers with the ``Authorization`` value reduced to its scheme (``Bearer``)."""
+    return {
+        k: v.partition(" ")[0] if k.lower() == "authorization" else v for k, v in headers.items()
+    }
+
+
+class RequestLog:
+    """Bounded, thread-safe log of the public (non-admin) requests served.
+
+    With ``bodies`` on, each entry also carries ``request_headers`` (``Authorization`` reduced to
+    its scheme), ``request_body`` and ``response_body`` (text; base64 when not UTF-8, as said by
+    ``request_body_encoding``/``response_body_encoding``): what leak tests scan. Off by default,
+    so benchmarks pay nothing for it.
+    """
+
+    def __init__(self, maxlen: int = 10_000, *, bodies: bool = False) -> None:
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
+        self.bodies = bodies
 
-    def append(self, req: Request, status: int, started: float) -> None:
-        """Record one request."""
-        entry = {
+    def append(self, req: Request, resp: Response, started: float) -> None:
+        """Record one request and its reply."""
+        entry: dict[str, Any] = {
             "method": req.method,
             "path": req.path,
-            "status": status,
+            "status": resp.status,
             "host": req.host,
             "api_version": req.query.get("api-version"),
             "auth_header": "authorization" in {k.lower() for k in req.headers},
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+        if self.bodies:
+            entry["request_headers"] = _logged_headers(req.headers)
+            entry["request_body"], entry["request_body_encoding"] = _body_text(req.body)
+            entry["response_body"], entry["response_body_encoding"] = _body_text(resp.payload())
         with self._lock:
             self._entries.append(entry)
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -65,6 +66,16 @@ class CertVersion:
     key: Key
     chain: list[x509.Certificate] = field(default_factory=list)
     version: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @cached_property
+    def key_b64(self) -> str:
+        """The private key as base64 PKCS#8 DER (for the state file; computed once)."""
+        return key_to_b64(self.key)
+
+    @cached_property
+    def certs_b64(self) -> list[str]:
+        """The leaf, then the rest of the chain, as base64 DER (for the state file)."""
+        return [cert_to_b64(c) for c in [self.cert, *self.chain]]
 
     def secret_value(self, content_type: str) -> str:
         """The backing secret's value: base64 PKCS#12, or PEM key + chain."""
@@ -379,6 +390,33 @@ def make_keys_ahead(size: int, count: int) -> list[float]:
 def _checked_key(der: bytes) -> Any:
     # Checked by the worker that produced ``der``.
     return serialization.load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
+
+
+def key_to_b64(key: Key) -> str:
+    """A private key as base64 PKCS#8 DER (unencrypted: it only goes to the 0600 state file)."""
+    return base64.b64encode(_der(key)).decode()
+
+
+def key_from_b64(value: str) -> Key:
+    """Read back :func:`key_to_b64`'s output (a key this emulator made or checked before).
+
+    Raises:
+        ValueError: not a private key of a type Key Vault holds.
+    """
+    key = _checked_key(base64.b64decode(value, validate=True))
+    if not isinstance(key, Key):
+        raise ValueError(f"not an RSA or EC private key: {type(key).__name__}")
+    return key
+
+
+def cert_to_b64(cert: x509.Certificate) -> str:
+    """A certificate as base64 DER."""
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+
+def cert_from_b64(value: str) -> x509.Certificate:
+    """Read back :func:`cert_to_b64`'s output."""
+    return x509.load_der_x509_certificate(base64.b64decode(value, validate=True))
 
 
 def load_pem(value: str, password: str | None) -> CertVersion:
