@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from azure.keyvault.certificates import CertificateClient
+from azure.keyvault.keys import KeyClient
+from azure.keyvault.keys.crypto import CryptographyClient
 from azure.keyvault.secrets import SecretClient
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -22,6 +24,11 @@ class KeyVault(Block):
     )
     tenant_id: str | None = Field(
         default=None, description="Tenant of the vault (for the CSI SPC)."
+    )
+    hsm_keys: bool = Field(
+        default=True,
+        description="Make the root CA key HSM-protected (RSA-HSM): needs a premium vault. "
+        "Off: a software-protected, still non-exportable key (standard vaults).",
     )
     credentials: AzureCredentials
 
@@ -44,4 +51,24 @@ class KeyVault(Block):
         return shared(
             ("certificates", self.url, creds.cache_key()),
             lambda: CertificateClient(self.url, creds.get_credential(), **creds.transport_kwargs()),
+        )
+
+    def key_client(self) -> KeyClient:
+        """The process's Key Vault keys client for this vault and identity."""
+        creds = self.credentials
+        return shared(
+            ("keys", self.url, creds.cache_key()),
+            lambda: KeyClient(self.url, creds.get_credential(), **creds.transport_kwargs()),
+        )
+
+    def crypto_client(self, key_id: str) -> CryptographyClient:
+        """The process's client for the cryptographic operations of key version ``key_id``.
+
+        Its first operation reads the key's public part (one call per process); signing then
+        happens in the vault.
+        """
+        creds = self.credentials
+        return shared(
+            ("crypto", key_id, creds.cache_key()),
+            lambda: CryptographyClient(key_id, creds.get_credential(), **creds.transport_kwargs()),
         )

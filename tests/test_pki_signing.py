@@ -54,9 +54,11 @@ def test_the_root_has_istios_profile(root: pki.RemoteIssuer) -> None:
     assert cert.not_valid_before_utc == NOW - pki.DEFAULT_BACKDATE
     assert cert.not_valid_after_utc == NOW + timedelta(days=pki.ROOT_DAYS)
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert constraints.critical and constraints.value.ca
+    assert constraints.critical
+    assert constraints.value.ca
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.key_cert_sign and usage.digital_signature
+    assert usage.key_cert_sign
+    assert usage.digital_signature
     assert 0 < cert.serial_number < 2**159
     cert.verify_directly_issued_by(cert)
 
@@ -67,7 +69,8 @@ def test_only_the_tbs_digest_reaches_the_signer(root: pki.RemoteIssuer) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=SMALL)
     cert = pki.issue_intermediate_ca(issuer, key.public_key(), cluster="c1", now=NOW,
                                      key_size=SMALL)  # fmt: skip
-    assert len(digests) == 1 and len(digests[0]) == 32
+    assert len(digests) == 1
+    assert len(digests[0]) == 32
     cert.verify_directly_issued_by(root.cert)
 
 
