@@ -26,6 +26,7 @@ __all__ = [
     "forget_blocks",
     "load_block",
     "missing_block",
+    "missing_blocks",
     "read_ahead",
 ]
 
@@ -67,12 +68,45 @@ def load_block(block_type: type[B], name: str) -> B:
 def missing_block(block_type: type[Block], name: str) -> NotFoundError:
     """The error for a block document that the Prefect server does not have."""
     kind = block_type.get_block_type_name()
+    api = PREFECT_API_URL.value() or "the ephemeral Prefect API (PREFECT_API_URL is not set)"
     return NotFoundError(
-        f"Prefect block {name!r} of type {kind!r} does not exist on {PREFECT_API_URL.value()}; "
+        f"Prefect block {name!r} of type {kind!r} does not exist on {api}; "
         f"create it in the Prefect UI (Blocks, +, {kind}), or for the sandbox run "
         "`meshflow sandbox up`",
-        system="Prefect", target=str(PREFECT_API_URL.value()), object=name,
+        system="Prefect", target=str(api), object=name,
     )  # fmt: skip
+
+
+def missing_blocks(required: Iterable[tuple[type[Block], str]]) -> list[str]:
+    """One line per required ``(type, name)`` block that cannot be loaded, saying what to do.
+
+    A block saved under the name but as another of meshflow's types is named as such.
+    """
+    from prefect.blocks.system import Secret
+
+    known: list[type[Block]] = [AzureCredentials, KeyVault, AksCluster, Secret]
+    problems = []
+    for block_type, name in dict.fromkeys(required):
+        try:
+            load_block(block_type, name)
+            continue
+        except NotFoundError as exc:
+            problem = str(exc)
+        for other in known:
+            if other is block_type:
+                continue
+            try:
+                other.load(name, _sync=True)  # type: ignore[call-arg]
+            except ValueError:
+                continue
+            problem = (
+                f"Prefect block {name!r} is a {other.get_block_type_name()!r}, not a "
+                f"{block_type.get_block_type_name()!r}; point the mesh description at a "
+                f"{block_type.get_block_type_name()!r} block, or save one under that name"
+            )
+            break
+        problems.append(problem)
+    return problems
 
 
 def block_name(block: Block) -> str:

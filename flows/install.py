@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, read_ahead
 from flows.pki import PkiReport, publish_pki_report
+from flows.runs import FLOW_OPTIONS, mesh_run, required_blocks
 from meshflow.manifests import post_install_manifests, pre_install_manifests
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
@@ -68,6 +69,7 @@ from tasks.pki import (
     ensure_root_ca,
     request_intermediate_ca,
 )
+from tasks.preflight import check_blocks
 
 T = TypeVar("T")
 
@@ -144,12 +146,20 @@ class MeshReport(BaseModel):
             )
         not_run = [d for d in self.data_plane if d.status == "not run"]
         notes = "\n".join(f"- {d.check} on {d.cluster}: not run: {d.detail}" for d in not_run)
+        others = "\n".join(
+            f"- {c.cluster}: istiod of revision {', '.join(c.istio.other_revisions)} is also "
+            "installed (meshflow leaves it alone; remove it with `istioctl uninstall --revision`"
+            " once nothing uses it)"
+            for c in self.clusters
+            if c.istio.other_revisions
+        )
         return (
             f"# Mesh {self.environment}: {'OK' if self.ok else 'PROBLEMS'}\n\n"
             "| cluster | Istio revision | remote secrets | reader access | istiod sync |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"Writes this run: {self.writes} (0 means nothing had changed).\n\n"
             + (f"## Not run\n{notes}\n" if notes else "")
+            + (f"## Other Istio revisions\n{others}\n" if others else "")
         )
 
 
@@ -160,7 +170,7 @@ def _status(checks: Iterable[DataPlaneCheck], cluster: str, check: str) -> str:
     return "-"
 
 
-@flow(name="install-cluster", flow_run_name="install-cluster-{cluster}")
+@flow(name="install-cluster", flow_run_name="install-cluster-{cluster}", **FLOW_OPTIONS)
 async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
     """Steps 01-07, 08 (source side) and 10 on one cluster. Idempotent.
 
@@ -289,9 +299,15 @@ async def _settled(futures: Sequence[asyncio.Future[Any]]) -> None:
         raise failures[0]
 
 
-@flow(name="install-mesh")
+@flow(name="install-mesh", **FLOW_OPTIONS)
 async def install_mesh(spec: MeshSpec) -> MeshReport:
     """Build the multi-primary mesh of ``spec``: root CA, clusters in parallel, join, validate."""
+    async with mesh_run(spec.environment):
+        await check_blocks(required_blocks(spec))
+        return await _install(spec)
+
+
+async def _install(spec: MeshSpec) -> MeshReport:
     logger = get_run_logger()
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     names = [c.name for c in spec.clusters]

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, ConfigDict
 
+from flows.runs import FLOW_OPTIONS, mesh_run, required_blocks
 from meshflow.spec import MeshSpec
 from tasks.keyvault import ObjectRef
 from tasks.pki import (
@@ -21,6 +22,7 @@ from tasks.pki import (
     ensure_root_ca,
     request_intermediate_ca,
 )
+from tasks.preflight import check_blocks
 
 
 class PkiReport(BaseModel):
@@ -50,9 +52,15 @@ class PkiReport(BaseModel):
         ]
 
 
-@flow(name="ensure-mesh-pki")
+@flow(name="ensure-mesh-pki", **FLOW_OPTIONS)
 async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
     """Ensure the root CA, each cluster's intermediate and the ingress certificates in Key Vault."""
+    async with mesh_run(spec.environment):
+        await check_blocks(required_blocks(spec))
+        return await _ensure_pki(spec)
+
+
+async def _ensure_pki(spec: MeshSpec) -> PkiReport:
     kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
     names = [c.name for c in spec.clusters]
 

@@ -12,10 +12,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
+from flows.runs import FLOW_OPTIONS, required_blocks
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import get_cluster_credentials
 from tasks.keyvault import ProbeResult, probe_key_vault
 from tasks.kube import list_namespaces
+from tasks.preflight import check_blocks
 
 
 class ClusterAccessReport(BaseModel):
@@ -58,9 +60,10 @@ async def _check_cluster(cluster: ClusterSpec) -> ClusterAccessReport:
     )
 
 
-@flow(name="verify-access")
+@flow(name="verify-access", **FLOW_OPTIONS)
 async def verify_access(spec: MeshSpec) -> AccessReport:
     """Check that every cluster and the Key Vault of ``spec`` are reachable with their blocks."""
+    await check_blocks(required_blocks(spec))
     clusters, probe = await asyncio.gather(
         asyncio.gather(*(_check_cluster(c) for c in spec.clusters)),
         probe_key_vault(spec.key_vault_block),

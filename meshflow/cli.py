@@ -13,10 +13,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from meshflow.errors import MeshflowError
 from meshflow.spec import MeshSpec
 
 _QUIET = {
@@ -39,16 +40,50 @@ ENVIRONMENTS_DIR = Path(__file__).resolve().parent.parent / "deployments" / "env
 
 EnvOption = Annotated[str, typer.Option("--env", "-e", help="dev, staging, prod or sandbox.")]
 
+_options = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of a failure, not one line.")
+    ] = False,
+) -> None:
+    """Build and run a multi-primary Istio mesh across AKS clusters."""
+    _options["debug"] = debug
+    os.umask(0o077)  # whatever meshflow writes (results, exports) is the user's alone
+
 
 def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    for line in message.splitlines() or [""]:
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Failures meshflow understands become one line each (and exit 1) unless --debug."""
+    try:
+        yield
+    except MeshflowError as exc:
+        if _options["debug"]:
+            raise
+        raise _fail(str(exc)) from exc
+
+
+def _state_root(env: str) -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "meshflow" / env
 
 
 @contextmanager
 def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
     """Yield (mesh spec, Prefect API URL) for ``env``, with Prefect pointed at that API."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
 
     if env == "sandbox":
         from sandbox.stack import Sandbox
@@ -62,41 +97,83 @@ def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
                 f"the sandbox is not running: {', '.join(stopped)} stopped (logs under "
                 f"{sbx.root}); `meshflow sandbox up` starts it again"
             )
-        spec = MeshSpec.from_yaml(sbx.root / "mesh.yaml")
+        with _reported():
+            spec = MeshSpec.from_yaml(sbx.root / "mesh.yaml")
         api_url = str(state["prefect"]["api_url"])
+        results = sbx.root / "results"  # removed with the sandbox by `sandbox down`
     else:
         path = ENVIRONMENTS_DIR / f"{env}.yaml"
         if not path.exists():
             known = [*sorted(p.stem for p in ENVIRONMENTS_DIR.glob("*.yaml")), "sandbox"]
             raise _fail(f"no environment {env!r}; known: {', '.join(known)}")
-        spec = MeshSpec.from_yaml(path)
+        with _reported():
+            spec = MeshSpec.from_yaml(path)
         api_url = str(PREFECT_API_URL.value() or "")
-    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}):
+        results = _state_root(env) / "results"
+    # A failed run's exception (type and message only) is all Prefect writes there; see
+    # flows/runs.py. The folder is the user's alone.
+    results.mkdir(mode=0o700, parents=True, exist_ok=True)
+    updates: dict[Any, Any] = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}
+    if api_url:
+        updates[PREFECT_API_URL] = api_url
+    with temporary_settings(updates=updates), _reported():
         yield spec, api_url
 
 
 @sandbox_app.command("up")
 def sandbox_up(
-    clusters: Annotated[int, typer.Option(help="How many clusters.")] = 2,
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            help="How many clusters: 2 for a new sandbox unless given; a running sandbox keeps "
+            "its number (another one needs --reset).",
+            show_default=False,
+        ),
+    ] = None,
     database: Annotated[
-        str, typer.Option(help="Prefect server database: sqlite, or postgres for many clusters.")
-    ] = "sqlite",
+        str | None,
+        typer.Option(
+            help="The Prefect server's database: postgres (the default for a new sandbox) or "
+            'sqlite. SQLite serialises concurrent sub-flows ("database is locked": they start '
+            "seconds apart). A running sandbox keeps its database.",
+            show_default=False,
+        ),
+    ] = None,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Delete the sandbox (its Key Vault and mesh CA included) and start a new one.",
+        ),
+    ] = False,
 ) -> None:
-    """Start N local clusters, the Azure emulator and a Prefect server; save the blocks."""
-    from sandbox.kube import SandboxError
-    from sandbox.stack import Sandbox
+    """Start N local clusters, the Azure emulator and a Prefect server; save the blocks.
 
-    typer.echo(f"starting the sandbox with {clusters} clusters (the first run builds Kubernetes)")
+    Run again, it restarts in place whatever of the sandbox stopped: same URLs, same data.
+    """
+    from sandbox.kube import SandboxError
+    from sandbox.stack import DEFAULT_CLUSTERS, Sandbox
+
+    sbx = Sandbox()
+    if reset and sbx.state() is not None:
+        typer.echo(f"--reset: deleting the sandbox in {sbx.root}")
+    if reset or sbx.state() is None:
+        count = clusters or DEFAULT_CLUSTERS
+        typer.echo(f"starting the sandbox with {count} clusters (the first run builds Kubernetes)")
     try:
-        Sandbox().up(clusters, database=database)
+        result = sbx.up(clusters, database=database, reset=reset)
     except (SandboxError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    if result.action == "restarted":
+        typer.echo(f"restarted: {', '.join(result.restarted)}")
+    elif result.action == "unchanged":
+        typer.echo("the sandbox is already running; nothing to restart")
     _print_status()
 
 
 @sandbox_app.command("down")
 def sandbox_down() -> None:
-    """Stop everything the sandbox started and delete its state."""
+    """Stop everything the sandbox started and delete its state (Key Vault included)."""
     from sandbox.stack import Sandbox
 
     stopped = Sandbox().down()
@@ -107,13 +184,15 @@ def sandbox_down() -> None:
 def sandbox_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show where the sandbox's services are."""
-    if as_json:
-        from sandbox.stack import Sandbox
+    """Show where the sandbox's services are, and which of its processes stopped."""
+    from sandbox.stack import Sandbox
 
+    if as_json:
         typer.echo(json.dumps(Sandbox().status(), indent=2))
-    else:
-        _print_status()
+        return
+    _print_status()
+    if stopped := Sandbox().stopped():
+        typer.echo(f"  stopped: {', '.join(stopped)}; `meshflow sandbox up` restarts them")
 
 
 def _print_status() -> None:
@@ -161,6 +240,9 @@ def install(env: EnvOption = "sandbox") -> None:
     for c in report.clusters:
         secrets = f"remote secrets {report.readable_into(c.cluster)}/{peers} readable"
         typer.echo(f"  {c.cluster:<15} istio {c.istio.action:<9} {secrets}")
+        if c.istio.other_revisions:
+            others = ", ".join(c.istio.other_revisions)
+            typer.echo(f"  {'':<15} also installed: istiod revision {others} (left alone)")
     for d in report.data_plane:
         typer.echo(f"  {d.check} on {d.cluster}: {d.status}: {d.detail}")
     typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
@@ -196,11 +278,11 @@ def pki_export(
     env: EnvOption = "sandbox",
 ) -> None:
     """Write the public CA files: root-cert.pem, <cluster>/ca-cert.pem, <cluster>/cert-chain.pem."""
-    from tasks.keyvault import read_public_pki
+    from tasks.keyvault import public_pki_files
 
     with _environment(env) as (spec, _):
         # A local read for the terminal: run the function itself, outside any flow run.
-        files = read_public_pki.fn(spec.key_vault_block, [c.name for c in spec.clusters])
+        files = public_pki_files(spec.key_vault_block, [c.name for c in spec.clusters])
     for rel, text in sorted(files.items()):
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ What is decided here, and carried out by ``tasks/istio.py``:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -33,6 +33,48 @@ SUPPORTED_PLATFORMS = frozenset(
     {("linux", "amd64"), ("linux", "arm64"), ("linux", "armv7"), ("osx", "amd64"), ("osx", "arm64")}
 )
 """The ``(os, arch)`` pairs published as ``.tar.gz`` (Windows ships a ``.zip``: not handled)."""
+
+@dataclass(frozen=True)
+class IstioRelease:
+    """An Istio release meshflow knows: installable, with the archive digests confirmed for it.
+
+    ``sha256`` maps istioctl archive names to their published SHA-256. A platform without an
+    entry falls back to the ``.sha256`` file published beside the archive, recorded at the
+    first download and required to match ever after (trust on first use).
+    """
+
+    version: str
+    sha256: Mapping[str, str]
+
+    @property
+    def minor(self) -> str:
+        """``1.27`` for ``1.27.3``."""
+        return ".".join(self.version.split(".")[:2])
+
+
+KNOWN_RELEASES: Mapping[str, IstioRelease] = {
+    # No digest of the linux/osx istioctl archives of 1.27.3 could be confirmed from a source
+    # we trust while building this offline; add them from the release's own .sha256 files.
+    "1.27.3": IstioRelease("1.27.3", sha256={}),
+}
+"""The Istio releases a mesh may use. Another version is refused when the mesh is described."""
+
+
+def known_release(version: str) -> IstioRelease:
+    """The :class:`IstioRelease` of ``version``.
+
+    Raises:
+        IstioctlArgumentError: meshflow does not know that release (the known ones are listed).
+    """
+    release = KNOWN_RELEASES.get(version)
+    if release is None:
+        known = ", ".join(sorted(KNOWN_RELEASES))
+        raise IstioctlArgumentError(
+            f"Istio {version} is not a release meshflow knows (known: {known}); use one of "
+            "those, or add the release with its checksums to meshflow.istioctl.KNOWN_RELEASES"
+        )
+    return release
+
 
 CHECKSUM_PREFIX_LEN = 16
 """Hex characters of the archive checksum used as the cache folder name."""

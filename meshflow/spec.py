@@ -12,9 +12,18 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from meshflow import yamlio
+from meshflow.errors import InvalidError
+from meshflow.istioctl import KNOWN_RELEASES
 
 _DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -105,6 +114,12 @@ class MeshSpec(_Frozen):
             raise ValueError(
                 f"istio_version {self.istio_version!r} is not MAJOR.MINOR.PATCH (e.g. 1.27.3)"
             )
+        if self.istio_version not in KNOWN_RELEASES:
+            known = ", ".join(sorted(KNOWN_RELEASES))
+            raise ValueError(
+                f"istio_version {self.istio_version!r} is not a release meshflow knows "
+                f"(known: {known})"
+            )
         minor = f"{version[1]}-{version[2]}"
         if self.revision is not None and not re.match(rf"^{minor}(-|$)", self.revision):
             raise ValueError(
@@ -132,9 +147,45 @@ class MeshSpec(_Frozen):
 
     @classmethod
     def from_yaml(cls, path: Path) -> MeshSpec:
-        """Load and validate a mesh description file."""
-        return cls.model_validate(yamlio.load(path.read_text()))
+        """Load and validate a mesh description file.
+
+        Raises:
+            InvalidError: the file cannot be read, is not YAML, or does not describe a mesh:
+                one line per problem, each naming the file and the field.
+        """
+        try:
+            data = yamlio.load(path.read_text())
+        except OSError as exc:
+            raise InvalidError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise InvalidError(f"{where}: not valid YAML: {problem}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidError(
+                "\n".join(f"{path}: {problem}" for problem in spec_problems(exc))
+            ) from exc
 
     def to_yaml(self) -> str:
         """The description as YAML (round-trips through :meth:`from_yaml`)."""
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def spec_problems(exc: ValidationError) -> list[str]:
+    """One ``field: message`` line per problem of a mesh description (``clusters[0].name``)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    # pydantic reports a tuple whose items failed also as "too short": the items say it.
+    failed_items = {e["loc"][:i] for e in errors for i in range(1, len(e["loc"]))}
+    lines = []
+    for error in errors:
+        if error["type"] == "too_short" and error["loc"] in failed_items:
+            continue
+        where = ""
+        for part in error["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where or 'the mesh'}: {message}")
+    return lines

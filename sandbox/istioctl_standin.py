@@ -283,6 +283,10 @@ def _check_spec(spec: dict[str, Any]) -> None:
     tag = str(spec.get("tag", EMULATED_VERSION))
     if not _TAG.match(tag):
         raise UsageError(f"tag {tag!r} is not an Istio version (e.g. 1.27.3)")
+    try:
+        rel.known_release(tag)  # a real istioctl would find no images for an unknown tag
+    except rel.IstioctlArgumentError as exc:
+        raise UsageError(str(exc)) from exc
     components = spec.get("components") or {}
     for name in _UNSUPPORTED_COMPONENTS:
         enabled = components.get(name)

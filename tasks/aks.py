@@ -18,16 +18,13 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, load_block
 from blocks import block_name as saved_name
 from meshflow.errors import MeshflowError
 from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
-from tasks.blocking import run_blocking
-from tasks.retry import TRANSIENT_RETRIES
+from tasks.blocking import blocking_task
 from tasks.sdk_errors import azure_errors
 
 CREDENTIAL_TTL = 30 * 60.0
@@ -104,7 +101,12 @@ def forget_credentials() -> None:
         _cache.clear()
 
 
-def _credentials_ref(aks_block: str, admin: bool) -> CredentialRef:
+def _credentials_ref(aks_block: str, admin: bool = True) -> CredentialRef:
+    """Step 01: fetch a cluster's credentials through ARM into this process's memory.
+
+    Idempotent (a read). Returns a reference; the credential itself stays in memory (see the
+    module docstring). Needs ``listClusterAdminCredential`` (or ``listClusterUserCredential``).
+    """
     block = load_block(AksCluster, aks_block)
     access = cluster_access(aks_block, admin=admin, refresh=True)
     return CredentialRef(
@@ -116,18 +118,9 @@ def _credentials_ref(aks_block: str, admin: bool) -> CredentialRef:
     )
 
 
-@task(
-    name="get-cluster-credentials",
-    task_run_name="get-cluster-credentials-{aks_block}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
-)
-async def get_cluster_credentials(aks_block: str, admin: bool = True) -> CredentialRef:
-    """Step 01: fetch a cluster's credentials through ARM into this process's memory.
-
-    Idempotent (a read). Returns a reference; the credential itself stays in memory.
-    """
-    return await run_blocking(_credentials_ref, aks_block, admin)
+get_cluster_credentials = blocking_task(
+    "get-cluster-credentials", task_run_name="get-cluster-credentials-{aks_block}"
+)(_credentials_ref)
 
 
 class ClusterFacts(BaseModel):
@@ -149,6 +142,10 @@ def _addon_client_id(addons: Any, name: str) -> str | None:
 
 
 def _cluster_facts(aks_block: str) -> ClusterFacts:
+    """Read the cluster's ARM resource: FQDN, node resource group, add-on identities.
+
+    A read, idempotent. Needs ``Microsoft.ContainerService/managedClusters/read``.
+    """
     block = load_block(AksCluster, aks_block)
     client = block.container_service_client()
     with _arm_errors(block, aks_block, "Microsoft.ContainerService/managedClusters/read"):
@@ -165,12 +162,6 @@ def _cluster_facts(aks_block: str) -> ClusterFacts:
     )
 
 
-@task(
-    name="describe-aks-cluster",
-    task_run_name="describe-aks-cluster-{aks_block}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
-)
-async def describe_aks_cluster(aks_block: str) -> ClusterFacts:
-    """Read the cluster's ARM resource: FQDN, node resource group, add-on identities. A read."""
-    return await run_blocking(_cluster_facts, aks_block)
+describe_aks_cluster = blocking_task(
+    "describe-aks-cluster", task_run_name="describe-aks-cluster-{aks_block}"
+)(_cluster_facts)

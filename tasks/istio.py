@@ -4,12 +4,12 @@ Design:
 
 - **Fetching** (:func:`ensure_istioctl`): the archive is streamed to a private folder inside the
   cache, hashed while it arrives, and compared with the expected SHA-256 *before* anything is
-  extracted. The expected value is, in order: the caller's ``expected_sha256``, the
-  :data:`PINNED_SHA256` table, the checksum recorded when this platform's archive was first
-  verified, and finally the ``.sha256`` file published next to the archive. Only the ``istioctl``
-  member is written (mode 0755); an archive with an absolute, ``..`` or special-file member is
-  refused. The finished folder is renamed into place atomically, so a reader never sees half a
-  binary and concurrent runs cannot corrupt each other.
+  extracted. The expected value is, in order: the caller's ``expected_sha256``, the release's
+  entry in :data:`meshflow.istioctl.KNOWN_RELEASES`, the checksum recorded when this platform's
+  archive was first verified, and finally the ``.sha256`` file published next to the archive.
+  Only the ``istioctl`` member is written (mode 0755); an archive with an absolute, ``..`` or
+  special-file member is refused. The finished folder is renamed into place atomically, so a
+  reader never sees half a binary and concurrent runs cannot corrupt each other.
 - **Caching**: by version *and* checksum (``<cache>/istioctl/<version>/<sha256-prefix>/istioctl``,
   see :mod:`meshflow.istioctl`). A second call with the same version and checksum does no network
   I/O. The install itself is never cached: it is idempotent on the cluster's side.
@@ -47,8 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from kubernetes import client as k8s
 from pydantic import BaseModel, ConfigDict
 
 from meshflow import istioctl as rel
@@ -63,24 +62,14 @@ from meshflow.manifests import (
 )
 from meshflow.spec import MeshSpec
 from tasks.aks import cluster_access
-from tasks.blocking import run_blocking
+from tasks.blocking import blocking_task
 from tasks.kube import api_client, apply_object, request_json
-from tasks.retry import TRANSIENT_RETRIES
 
 IstioctlArgumentError = rel.IstioctlArgumentError
 """Re-exported: bad version, platform, URL, checksum or argument list (a ``ValueError``)."""
 
 OVERRIDE_ENV = "MESHFLOW_ISTIOCTL"
 """Environment variable: path of an istioctl to use instead of downloading one."""
-
-PINNED_SHA256: dict[str, str] = {}
-"""Published SHA-256 of istioctl archives, by archive file name.
-
-Empty on purpose: no published digest of ``istioctl-1.27.3-linux-amd64.tar.gz`` could be
-confirmed from a source we trust. Add ``{"istioctl-1.27.3-linux-amd64.tar.gz": "<hex>"}`` from
-the release's own ``.sha256`` file once checked; until then the ``.sha256`` next to the archive
-(fetched over HTTPS from the same release) is used and recorded at first download.
-"""
 
 CHUNK = 1 << 20
 HTTP_TIMEOUT = 60.0
@@ -305,7 +294,8 @@ def ensure_istioctl(
         cache_dir: the cache root; the binary lands in ``<cache>/istioctl/<v>/<sha-prefix>/``.
         base_url: release download root (a mirror, or a local server in tests).
         expected_sha256: the archive's digest, pinned by the caller; otherwise
-            :data:`PINNED_SHA256`, the digest recorded at first download, then the published
+            the release's entry in ``KNOWN_RELEASES``, the digest recorded at first download,
+            then the published
             ``.sha256`` file.
         opener: opens a URL for reading.
         os_name: Istio's os name (``linux``, ``osx``); defaults to this machine's.
@@ -325,7 +315,7 @@ def ensure_istioctl(
         here = rel.platform_of(platform.system(), platform.machine())
         os_name, arch = os_name or here[0], arch or here[1]
     asset = rel.release_asset(version, os=os_name, arch=arch, base_url=base_url)
-    pinned = expected_sha256 or PINNED_SHA256.get(asset.archive)
+    pinned = expected_sha256 or rel.known_release(version).sha256.get(asset.archive)
     known = rel.normalize_sha256(pinned) if pinned else _recorded_sha256(cache_dir, asset)
     if known and (hit := _cached(cache_dir, version, known)):
         return hit
@@ -468,6 +458,8 @@ class IstioInstall(BaseModel):
     digest: str
     action: Literal["installed", "unchanged"]
     seconds: float = 0.0
+    other_revisions: tuple[str, ...] = ()
+    """Revisions of istiod found beside this one (left alone: canary upgrades come later)."""
 
 
 def install_digest(flags: list[str], files: dict[str, str]) -> str:
@@ -490,10 +482,11 @@ def _record(revision: str, version: str, digest: str) -> dict[str, object]:
 
 
 def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioInstall:
-    """Run ``istioctl install`` unless the same install already succeeded on this cluster.
+    """Steps 06-07 on one cluster: ``istioctl install`` with the rendered files, unless done.
 
     Idempotent: the digest of flags and IstioOperator files is recorded after a successful
-    install; a run with the same digest (and istiod present) makes no call and no write.
+    install; a run with the same digest (and istiod present) makes no call and no write. The
+    istioctl is pinned and checksum-verified (:func:`ensure_istioctl`). Needs cluster-admin.
     """
     files = istio_operator_files(spec, spec.cluster(cluster))
     flags = istioctl_install_flags(spec)
@@ -508,11 +501,13 @@ def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioIns
         "GET",
         f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{istiod_deployment_name(rev)}",
     )
+    others = _other_revisions(api, rev)
     done = record is not None and (record.get("data") or {}).get("digest") == digest
     if done and istiod is not None:
         return IstioInstall(
-            cluster=cluster, revision=rev, version=version, digest=digest, action="unchanged"
-        )
+            cluster=cluster, revision=rev, version=version, digest=digest, action="unchanged",
+            other_revisions=others,
+        )  # fmt: skip
     istioctl = ensure_istioctl(version, cache_dir=cache_root())
     result = run_istioctl_install(
         istioctl,
@@ -530,15 +525,23 @@ def install_on_cluster(aks_block: str, cluster: str, spec: MeshSpec) -> IstioIns
         digest=digest,
         action="installed",
         seconds=result.seconds,
+        other_revisions=others,
     )
 
 
-@task(
-    name="install-istio",
-    task_run_name="install-istio-{cluster}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
+def _other_revisions(api: k8s.ApiClient, revision: str) -> tuple[str, ...]:
+    """The ``istio.io/rev`` of every istiod Deployment in istio-system other than ``revision``."""
+    found = request_json(
+        api, "GET", f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments",
+        query={"labelSelector": "app=istiod"},
+    ) or {}  # fmt: skip
+    revisions = {
+        str(((d.get("metadata") or {}).get("labels") or {}).get("istio.io/rev") or "default")
+        for d in found.get("items", [])
+    }
+    return tuple(sorted(revisions - {revision}))
+
+
+install_istio = blocking_task("install-istio", task_run_name="install-istio-{cluster}")(
+    install_on_cluster
 )
-async def install_istio(aks_block: str, cluster: str, spec: MeshSpec) -> IstioInstall:
-    """Steps 06-07 on one cluster: pinned, verified istioctl; install the rendered files."""
-    return await run_blocking(install_on_cluster, aks_block, cluster, spec)

@@ -27,16 +27,13 @@ from azure.keyvault.certificates import (
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from blocks import KeyVault, block_name, load_block
 from meshflow import pki
 from meshflow.errors import MeshflowError
 from meshflow.manifests import ROOT_CERT_SECRET, ca_certificate_name, cert_chain_secret_name
-from tasks.blocking import run_blocking
-from tasks.retry import TRANSIENT_RETRIES
+from tasks.blocking import blocking_task
 from tasks.sdk_errors import azure_errors
 
 PROBE_SECRET = "meshflow-probe"  # noqa: S105 - a secret name, not a value
@@ -272,15 +269,6 @@ class ProbeResult(BaseModel):
     round_trip_ms: float
 
 
-@task(name="probe-key-vault", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-async def probe_key_vault(key_vault_block: str) -> ProbeResult:
-    """Write a random, non-secret nonce to ``meshflow-probe`` and read it back.
-
-    Not idempotent by design: each probe adds a secret version, proving write access.
-    """
-    return await run_blocking(_probe, key_vault_block)
-
-
 class VaultFacts(BaseModel):
     """Public facts of the mesh vault that manifests need (SecretProviderClass)."""
 
@@ -302,7 +290,12 @@ def vault_facts(key_vault_block: str) -> VaultFacts:
     return VaultFacts(vault_name=vault.vault_name, tenant_id=tenant)
 
 
-def _probe(key_vault_block: str) -> ProbeResult:
+def probe(key_vault_block: str) -> ProbeResult:
+    """Write a random, non-secret nonce to ``meshflow-probe`` and read it back.
+
+    Not idempotent by design: each probe adds a secret version, proving write access. Needs
+    secret get/set.
+    """
     vault = load_block(KeyVault, key_vault_block)
     nonce = secrets.token_hex(8)
     start = time.perf_counter()
@@ -325,8 +318,7 @@ def _probe(key_vault_block: str) -> ProbeResult:
     )
 
 
-@task(name="read-public-pki", **TRANSIENT_RETRIES)
-def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]:
+def public_pki_files(key_vault_block: str, clusters: list[str]) -> dict[str, str]:
     """The public PKI files by relative path, for inspection.
 
     ``root-cert.pem`` and per cluster ``<c>/ca-cert.pem`` and ``<c>/cert-chain.pem``. Read-only;
@@ -353,3 +345,7 @@ def read_public_pki(key_vault_block: str, clusters: list[str]) -> dict[str, str]
         if "PRIVATE KEY" in text:
             raise KeyVaultError("refusing to export: a public PKI object contains a private key")
     return files
+
+
+probe_key_vault = blocking_task("probe-key-vault")(probe)
+read_public_pki = blocking_task("read-public-pki")(public_pki_files)

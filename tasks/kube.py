@@ -20,8 +20,6 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from meshflow.errors import ConflictError, InvalidError, MeshflowError
@@ -35,8 +33,8 @@ from meshflow.manifests import (
 )
 from meshflow.objects import object_path, satisfies
 from tasks.aks import cluster_access
-from tasks.blocking import run_blocking
-from tasks.retry import TRANSIENT_RETRIES, is_transient
+from tasks.blocking import blocking_task
+from tasks.retry import is_transient
 from tasks.sdk_errors import kube_connection_error, kube_status_error
 
 T = TypeVar("T")
@@ -104,15 +102,12 @@ def api_client(aks_block: str, *, admin: bool = True) -> k8s.ApiClient:
 
 
 def namespaces(aks_block: str) -> list[str]:
-    """The cluster's namespace names."""
+    """The cluster's namespace names: a read that proves credentials, TLS and RBAC work."""
     reply = request_json(api_client(aks_block), "GET", "/api/v1/namespaces") or {}
     return sorted(str(ns["metadata"]["name"]) for ns in reply.get("items", []))
 
 
-@task(name="list-namespaces", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-async def list_namespaces(aks_block: str) -> list[str]:
-    """List the cluster's namespaces (a read that proves credentials, TLS and RBAC work)."""
-    return await run_blocking(namespaces, aks_block)
+list_namespaces = blocking_task("list-namespaces")(namespaces)
 
 
 # -- Generic, no-op-aware apply ------------------------------------------------------------
@@ -219,22 +214,17 @@ def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Ap
 
 
 def apply_all(aks_block: str, cluster: str, manifests: list[dict[str, Any]]) -> list[Applied]:
-    """Apply ``manifests`` in order to the cluster of ``aks_block``."""
+    """Apply public (non-secret) ``manifests`` in order to the cluster of ``aks_block``.
+
+    Idempotent: writes only differences (see :func:`apply_object`).
+    """
     api = api_client(aks_block)
     return [apply_object(api, obj, cluster=cluster) for obj in manifests]
 
 
-@task(
-    name="apply-manifests",
-    task_run_name="apply-manifests-{cluster}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
+apply_manifests = blocking_task("apply-manifests", task_run_name="apply-manifests-{cluster}")(
+    apply_all
 )
-async def apply_manifests(
-    aks_block: str, cluster: str, manifests: list[dict[str, Any]]
-) -> list[Applied]:
-    """Apply public (non-secret) manifests in order; idempotent, writes only differences."""
-    return await run_blocking(apply_all, aks_block, cluster, manifests)
 
 
 # -- Remote secrets: the istio-reader identity and its token kubeconfig ---------------------
@@ -295,13 +285,15 @@ def _brief(exc: BaseException) -> str:
 def exchange_from(
     source_block: str, source: str, targets: Sequence[tuple[str, str]]
 ) -> list[Applied]:
-    """Write ``istio-remote-secret-<source>`` into every cluster of ``targets`` (block, name).
+    """Step 08 from one source: write ``istio-remote-secret-<source>`` into every target.
 
-    What ``istioctl create-remote-secret --context <source>`` applied to each other cluster
-    does: the source's reader token is read once and the same token kubeconfig is written into
-    every target, concurrently. The token goes from the source API server to the target API
-    servers through this process's memory only. A retry after a partial failure reports the
-    secrets the failed attempt wrote as unchanged.
+    ``targets`` are (AKS block, cluster name) pairs. What ``istioctl create-remote-secret
+    --context <source>`` applied to each other cluster does: the source's reader token is read
+    once and the same token kubeconfig is written into every target, concurrently. The token
+    goes from the source API server to the target API servers through this process's memory
+    only. Idempotent: a retry after a partial failure reports the secrets the failed attempt
+    wrote as unchanged. One task per source, not per pair: a mesh of N clusters has N of these
+    instead of N x (N - 1) task runs.
     """
     if not targets:
         return []
@@ -317,21 +309,9 @@ def exchange_from(
     return _each(write, targets)
 
 
-@task(
-    name="exchange-remote-secrets",
-    task_run_name="exchange-remote-secrets-from-{source}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
-)
-async def exchange_remote_secrets(
-    source_block: str, source: str, targets: list[tuple[str, str]]
-) -> list[Applied]:
-    """Step 08 from one source: let every target's istiod read ``source``. Idempotent.
-
-    ``targets`` are (AKS block, cluster name) pairs. One task per source, not per pair: a mesh
-    of N clusters has N of these instead of N x (N - 1) task runs.
-    """
-    return await run_blocking(exchange_from, source_block, source, targets)
+exchange_remote_secrets = blocking_task(
+    "exchange-remote-secrets", task_run_name="exchange-remote-secrets-from-{source}"
+)(exchange_from)
 
 
 # -- Validation ------------------------------------------------------------------------------
@@ -413,12 +393,15 @@ def _reader_access(kubeconfig: str) -> _Reach:
 
 
 def check_from(source: str, targets: Sequence[tuple[str, str]]) -> list[RemoteAccess]:
-    """Use ``source``'s remote secret stored in each of ``targets`` (block, name) as istiod would.
+    """Step 09 for one source: its remote secret in each target reaches it with reader rights.
 
-    The exchange writes one kubeconfig into every target, and the same bytes (server, CA,
-    token) get the same answers: identical copies are reviewed once, so a source costs 16 access
-    reviews rather than 16 per target. A copy that differs (a stale token, an edit) is reviewed
-    on its own, and each target's copy is read.
+    From the API side, what ``istioctl remote-clusters`` in each target reports about
+    ``source``: the stored kubeconfig authenticates to the source (TLS verified with its own
+    CA), whose reader may list and watch what istiod needs. A read. The exchange writes one
+    kubeconfig into every target, and the same bytes (server, CA, token) get the same answers:
+    identical copies are reviewed once, so a source costs 16 access reviews rather than 16 per
+    target. A copy that differs (a stale token, an edit) is reviewed on its own, and each
+    target's copy is read.
     """
     stored = _each(lambda t: _stored_kubeconfig(t[0], source), targets)
     distinct = sorted({text for text in stored if text is not None})
@@ -437,21 +420,9 @@ def check_from(source: str, targets: Sequence[tuple[str, str]]) -> list[RemoteAc
     return results
 
 
-@task(
-    name="check-remote-secrets",
-    task_run_name="check-remote-secrets-of-{source}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
-)
-async def check_remote_secrets(source: str, targets: list[tuple[str, str]]) -> list[RemoteAccess]:
-    """Step 09, natively, for one source: its remote secret in each target reaches it.
-
-    From the API side, what ``istioctl remote-clusters`` in each target reports about
-    ``source``: the stored kubeconfig authenticates to the source (TLS verified with its own
-    CA), whose reader may list and watch what istiod needs. ``targets`` are (AKS block, cluster
-    name) pairs. One task per source: it needs only that source's exchange to have ended.
-    """
-    return await run_blocking(check_from, source, targets)
+check_remote_secrets = blocking_task(
+    "check-remote-secrets", task_run_name="check-remote-secrets-of-{source}"
+)(check_from)
 
 
 class DataPlaneCheck(BaseModel):
@@ -465,7 +436,11 @@ class DataPlaneCheck(BaseModel):
 
 
 def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -> DataPlaneCheck:
-    """Read istiod's ``/debug/clusterz`` through the API server's pod proxy; all peers synced?"""
+    """Step 09's ``istioctl remote-clusters``, natively: are all ``peers`` synced in istiod?
+
+    Reads istiod's ``/debug/clusterz`` through the API server's pod proxy; "not run" without a
+    running istiod. A read.
+    """
     api = api_client(aks_block)
     pods = (
         request_json(
@@ -493,17 +468,9 @@ def istiod_sync(aks_block: str, cluster: str, revision: str, peers: list[str]) -
     return DataPlaneCheck(cluster=cluster, check="istiod sync", status=status_word, detail=detail)
 
 
-@task(
-    name="check-istiod-sync",
-    task_run_name="check-istiod-sync-{cluster}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
+check_istiod_sync = blocking_task("check-istiod-sync", task_run_name="check-istiod-sync-{cluster}")(
+    istiod_sync
 )
-async def check_istiod_sync(
-    aks_block: str, cluster: str, revision: str, peers: list[str]
-) -> DataPlaneCheck:
-    """Step 09's ``istioctl remote-clusters``, natively; "not run" without a running istiod."""
-    return await run_blocking(istiod_sync, aks_block, cluster, revision, peers)
 
 
 def count_nodes(aks_block: str) -> int:
@@ -515,7 +482,8 @@ def count_nodes(aks_block: str) -> int:
 def call_across(aks_block: str, cluster: str, timeout: float = 120.0) -> DataPlaneCheck:
     """Step 11: a Job in ``cluster`` curls ``echoserver:8080``, served by another cluster.
 
-    Without nodes nothing can run, so the check reports "not run" instead of passing.
+    Without nodes nothing can run, so the check reports "not run" instead of passing. Writes
+    the Job (replaced on each run: its pod template is immutable).
     """
     if count_nodes(aks_block) == 0:
         return DataPlaneCheck(cluster=cluster, check="cross-cluster call", status="not run",
@@ -539,12 +507,6 @@ def call_across(aks_block: str, cluster: str, timeout: float = 120.0) -> DataPla
                           detail=f"the call Job did not succeed within {timeout:.0f}s")  # fmt: skip
 
 
-@task(
-    name="call-echoserver-across",
-    task_run_name="call-echoserver-across-from-{cluster}",
-    cache_policy=NO_CACHE,
-    **TRANSIENT_RETRIES,
-)
-async def call_echoserver_across(aks_block: str, cluster: str) -> DataPlaneCheck:
-    """Step 11: call the echoserver from ``cluster``; "not run" where there are no nodes."""
-    return await run_blocking(call_across, aks_block, cluster)
+call_echoserver_across = blocking_task(
+    "call-echoserver-across", task_run_name="call-echoserver-across-from-{cluster}"
+)(call_across)

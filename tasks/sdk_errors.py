@@ -119,7 +119,7 @@ def azure_errors(
 
 
 def _connection_reason(exc: BaseException | None) -> str:
-    """ "connection refused", "TLS certificate not trusted" ... from a connection-level error."""
+    """Why a connection failed ("connection refused", "TLS certificate not trusted" ...)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from meshflow.errors import InvalidError
 from meshflow.spec import MeshSpec
 
 
@@ -40,6 +43,7 @@ def test_a_valid_spec_derives_the_revision() -> None:
         ({"clusters": [{"name": "One", "aks_block": "a"}]}, "should match pattern"),
         ({"clusters": [{"name": "x" * 64, "aks_block": "a"}]}, "at most 63"),
         ({"istio_version": "1.27"}, "MAJOR.MINOR.PATCH"),
+        ({"istio_version": "9.99.0"}, r"not a release meshflow knows \(known: 1\.27\.3\)"),
         ({"istio_version": "1.27.3", "revision": "1-26-0"}, "does not match istio_version"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
         ({"clusters": [{"name": "one", "aks_block": "a", "color": "red"}]}, "Extra inputs"),
@@ -68,3 +72,36 @@ def test_spec_is_frozen_and_round_trips_through_yaml(tmp_path: Any) -> None:
 def test_unknown_cluster_lookup_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="known: \\['one', 'two'\\]"):
         MeshSpec.model_validate(_spec()).cluster("three")
+
+
+def test_a_bad_file_gives_one_line_per_problem_naming_file_and_field(tmp_path: Any) -> None:
+    bad = _spec(istio_version="9.99.0")
+    bad["clusters"] = [{"name": "One", "aks_block": "a"}, {"name": "two", "aks_block": "b", "x": 1}]
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(InvalidError) as raised:
+        MeshSpec.from_yaml(path)
+    lines = str(raised.value).splitlines()
+    assert lines == [
+        f"{path}: clusters[0].name: String should match pattern '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'",
+        f"{path}: clusters[1].x: Extra inputs are not permitted",
+    ]
+
+
+def test_a_bad_version_alone_is_named_on_its_own_line(tmp_path: Any) -> None:
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(_spec(istio_version="9.99.0")))
+    with pytest.raises(InvalidError) as raised:
+        MeshSpec.from_yaml(path)
+    assert str(raised.value) == (
+        f"{path}: the mesh: istio_version '9.99.0' is not a release meshflow knows (known: 1.27.3)"
+    )
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path: Any) -> None:
+    path = tmp_path / "dev.yaml"
+    path.write_text("environment: dev\nclusters: [\n  - name: one\n")
+    with pytest.raises(InvalidError, match=rf"^{re.escape(str(path))}:\d+:\d+: not valid YAML: "):
+        MeshSpec.from_yaml(path)
+    with pytest.raises(InvalidError, match="cannot be read"):
+        MeshSpec.from_yaml(tmp_path / "missing.yaml")
