@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks, load_block
+from meshflow.errors import NotFoundError
 from sandbox.prefect_server import PrefectServer
 
 SECRET = "sp-secret-value-do-not-show"
@@ -144,7 +145,9 @@ def test_read_ahead_loads_what_exists_and_leaves_errors_to_the_load_that_needs_i
     read_ahead(KeyVault, ["no-such-block", "ahead-kv"])  # the missing one does not stop it
     kv.model_copy(update={"vault_name": "changed"}).save("ahead-kv", overwrite=True)
     assert load_block(KeyVault, "ahead-kv").vault_name == "ahead"  # the block read ahead
-    with pytest.raises(ValueError, match="no-such-block"):
+    with pytest.raises(
+        NotFoundError, match=r"block .no-such-block. of type .Meshflow Key Vault. does not exist"
+    ):
         load_block(KeyVault, "no-such-block")
     forget_blocks()
 

@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
+    FlowRunFilterTags,
 )
 
 import tasks.kube
@@ -164,7 +165,7 @@ def test_pki_is_reported_once_per_object_and_each_cluster_owns_its_ca(
 ) -> None:
     names = [o.name for o in first_run.pki.objects]
     assert len(names) == len(set(names))
-    assert {"istio-root-ca", "root-cert", "echoserver", "frontend-certificate"} <= set(names)
+    assert {"istio-root-ca-key", "root-cert", "echoserver", "frontend-certificate"} <= set(names)
     for c in first_run.clusters:
         assert {o.name for o in c.ca} == {f"{c.cluster}-ca-cert", f"{c.cluster}-cert-chain"}
         assert all(o.written for o in c.ca)  # the first run issued them
@@ -218,6 +219,14 @@ def test_a_killed_run_converges_on_the_next_one(
     child.wait()
     report = _run(mesh_env)
     assert report.ok
+    # The killed run does not stay "Running": the next run of its mesh marked it (and the
+    # sub-flows it had started) Crashed, since its process on this host is gone.
+    with get_client(sync_client=True) as prefect:
+        killed = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"pid:{child.pid}"]))
+        )
+    assert [r.state_type.value for r in killed if r.parent_task_run_id is None] == ["CRASHED"]
+    assert "is gone" in str(killed[0].state.message if killed[0].state else "")
     secret = _core(bravo).read_namespaced_secret("istio-remote-secret-alpha", "istio-system")
     assert secret.metadata.labels["istio/multiCluster"] == "true"
     assert (

@@ -16,10 +16,12 @@ from meshflow.spec import MeshSpec, PkiSettings
 from sandbox.azure import AzureEmulator
 from tasks.keyvault import public_cert
 from tasks.pki import (
-    ROOT_CA,
-    _ensure_intermediate_ca,
-    _ensure_root_ca,
-    _request_intermediate_ca,
+    ROOT_CERT_OBJECT,
+    ROOT_KEY,
+    current_root,
+    ensure_intermediate,
+    ensure_root,
+    request_intermediate,
 )
 
 SMALL = PkiSettings(ca_key_size=2048)
@@ -40,11 +42,13 @@ def vault(mesh_env: MeshSpec, emulator: AzureEmulator) -> tuple[str, Certificate
     """A vault with a fresh (small) root and no trace of the clusters these tests use."""
     kv = mesh_env.key_vault_block
     mesh = [c.name for c in mesh_env.clusters]
-    for name in [ROOT_CA, "root-cert", *(f"{c}-{kind}" for c in [*mesh, "gamma", "delta"]
-                                         for kind in ("ca-cert", "cert-chain"))]:  # fmt: skip
+    emulator.drop_key(ROOT_KEY)
+    for name in [ROOT_CERT_OBJECT, "root-cert",
+                 *(f"{c}-{kind}" for c in [*mesh, "gamma", "delta"]
+                   for kind in ("ca-cert", "cert-chain"))]:  # fmt: skip
         emulator.drop_certificate(name)
         emulator.drop_secret(name)
-    _ensure_root_ca(kv, mesh, SMALL)
+    ensure_root(kv, mesh, SMALL)
     emulator.clear_log()
     return kv, load_block(KeyVault, kv).certificate_client()
 
@@ -53,7 +57,7 @@ def test_the_key_waiting_in_the_vault_is_the_one_signed(
     vault: tuple[str, CertificateClient], emulator: AzureEmulator
 ) -> None:
     kv, certs = vault
-    request = _request_intermediate_ca(kv, "gamma", SMALL)
+    request = request_intermediate(kv, "gamma", SMALL)
     assert request.requested
     assert request.reason == "it does not exist yet"
     csr = x509.load_der_x509_csr(bytes(certs.get_certificate_operation("gamma-ca-cert").csr or b""))
@@ -61,19 +65,21 @@ def test_the_key_waiting_in_the_vault_is_the_one_signed(
 
     # Later (in the cluster's sub-flow, or in the next run after a kill): sign and merge.
     emulator.clear_log()
-    _ensure_intermediate_ca(kv, "gamma", SMALL)
+    ensure_intermediate(kv, "gamma", SMALL)
     assert ("POST", "/certificates/gamma-ca-cert/pending/merge") in _writes(emulator)
     assert not [p for _, p in _writes(emulator) if p.endswith(("/create", "/import"))]
     ca = public_cert(certs.get_certificate("gamma-ca-cert"))
     assert ca.public_key() == csr.public_key()
-    assert pki.signed_by(ca, public_cert(certs.get_certificate(ROOT_CA)))
+    root = current_root(load_block(KeyVault, kv), None)
+    assert root is not None
+    assert pki.signed_by(ca, root.cert)
     assert ca.subject == pki.intermediate_ca_subject("gamma")
 
     emulator.clear_log()
-    again = _request_intermediate_ca(kv, "gamma", SMALL)
+    again = request_intermediate(kv, "gamma", SMALL)
     assert not again.requested
     assert again.reason == "current"
-    _ensure_intermediate_ca(kv, "gamma", SMALL)
+    ensure_intermediate(kv, "gamma", SMALL)
     assert _writes(emulator) == []  # converged: nothing requested, merged or written
 
 
@@ -81,9 +87,9 @@ def test_a_waiting_key_of_another_size_is_dropped_and_requested_again(
     vault: tuple[str, CertificateClient], emulator: AzureEmulator
 ) -> None:
     kv, certs = vault
-    _request_intermediate_ca(kv, "delta", SMALL)  # e.g. left by a run with older settings
+    request_intermediate(kv, "delta", SMALL)  # e.g. left by a run with older settings
     bigger = PkiSettings(ca_key_size=3072)
-    _ensure_intermediate_ca(kv, "delta", bigger)
+    ensure_intermediate(kv, "delta", bigger)
     writes = [w for w in _writes(emulator) if "delta-ca-cert" in w[1]]
     assert writes == [
         ("POST", "/certificates/delta-ca-cert/create"),
@@ -99,9 +105,10 @@ def test_nothing_is_requested_for_a_mesh_whose_root_is_gone(
     vault: tuple[str, CertificateClient], emulator: AzureEmulator
 ) -> None:
     kv, _ = vault
-    _ensure_intermediate_ca(kv, "gamma", SMALL)
-    assert emulator.drop_certificate(ROOT_CA)
+    ensure_intermediate(kv, "gamma", SMALL)
+    assert emulator.drop_key(ROOT_KEY)
+    assert emulator.drop_secret(ROOT_CERT_OBJECT)
     emulator.clear_log()
-    request = _request_intermediate_ca(kv, "gamma", SMALL)
+    request = request_intermediate(kv, "gamma", SMALL)
     assert not request.requested  # the root step refuses this mesh; nothing is changed first
     assert _writes(emulator) == []

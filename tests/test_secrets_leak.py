@@ -1,0 +1,367 @@
+"""Nothing secret reaches Prefect: failures forced at every call that carries a secret.
+
+Each failure is forced where a real deployment could meet it (at the Azure emulator, or at the
+API server through a fault proxy) and reached through the flows' real entry points. Then
+everything in the Prefect home is decoded (SQLite rows, result files: JSON, base64, pickles)
+and searched for the exact secret values the runs used and for any private key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from prefect.blocks.system import Secret
+from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
+
+from blocks import AzureCredentials, KeyVault, forget_blocks, load_block
+from flows.install import install_mesh
+from flows.pki import ensure_mesh_pki
+from meshflow import pki
+from meshflow.spec import MeshSpec, PkiSettings
+from sandbox import environment as env
+from sandbox import kube, processes
+from sandbox.azure import AzureEmulator
+from sandbox.kube_faults import KubeFaultProxy
+from sandbox.prefect_server import PrefectServer
+from tasks.aks import forget_credentials
+from tasks.pki import ROOT_CA, ROOT_CERT_OBJECT, ROOT_KEY
+
+pytestmark = pytest.mark.e2e
+
+PKCS12_OID = bytes.fromhex("2a864886f70d010c")
+READER = (
+    "/api/v1/namespaces/istio-system/secrets/istio-reader-service-account-istio-remote-secret-token"
+)
+WRONG_SECRET = "wrong-but-real-looking-secret-4f9c2e"
+
+
+# -- the environment: two control planes behind fault proxies, its own blocks -----------------
+
+
+class Leak:
+    """What the module's runs use, and every secret value they saw."""
+
+    def __init__(self, spec: MeshSpec, proxies: dict[str, KubeFaultProxy]) -> None:
+        self.spec = spec
+        self.proxies = proxies
+        self.secrets: set[str] = set()
+
+
+@pytest.fixture(scope="module")
+def leak(
+    tmp_path_factory: pytest.TempPathFactory,
+    azure_emulator: AzureEmulator,
+    prefect_server: PrefectServer,
+    istioctl_standin: Path,
+) -> Iterator[Leak]:
+    root = tmp_path_factory.mktemp("leak")
+    clusters = kube.start_clusters(["leak-a", "leak-b"], root)
+    proxies = {c.name: KubeFaultProxy(c).start() for c in clusters}
+    try:
+        spec = env.wire_environment(
+            azure_emulator, clusters, environment="leak", pki=PkiSettings(ca_key_size=2048)
+        )
+        for c in clusters:  # the clusters' AKS credentials now lead through the proxies
+            registration = env.cluster_registration(c)
+            registration["admin_kubeconfig"] = proxies[c.name].kubeconfig(c.admin_kubeconfig)
+            keys = (registration.pop("subscription"), registration.pop("resourceGroup"),
+                    registration.pop("name"))  # fmt: skip
+            azure_emulator.register_cluster(*keys, **registration)
+        found = Leak(spec, proxies)
+        creds = load_block(AzureCredentials, spec.credentials_block)
+        assert creds.client_secret is not None
+        found.secrets.add(creds.client_secret.get_secret_value())
+        found.secrets |= {_token(c.admin_kubeconfig) for c in clusters}
+        yield found
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        for c in clusters:
+            c.stop()
+        processes.stop(processes.running_under(str(root)))
+
+
+def _token(kubeconfig_path: Path) -> str:
+    return str(yaml.safe_load(kubeconfig_path.read_text())["users"][0]["user"]["token"])
+
+
+def _run(flow: Any, spec: MeshSpec) -> Any:
+    forget_credentials()
+    forget_blocks()
+    return asyncio.run(flow(spec, return_state=True))
+
+
+def _scrub_vault(emulator: AzureEmulator, spec: MeshSpec) -> None:
+    emulator.drop_key(ROOT_KEY)
+    names = [ROOT_CA, ROOT_CERT_OBJECT, "root-cert", "echoserver", "frontend-certificate"]
+    for c in spec.clusters:
+        names += [f"{c.name}-ca-cert", f"{c.name}-cert-chain"]
+    for name in names:
+        emulator.drop_certificate(name)
+        emulator.drop_secret(name)
+
+
+def _failed(state: Any, *words: str) -> None:
+    assert state.is_failed(), state
+    for word in words:
+        assert word in str(state.message), state.message
+
+
+# -- the forced failures -------------------------------------------------------------------
+
+
+def test_a_wrong_client_secret_fails_naming_the_block(
+    leak: Leak, azure_emulator: AzureEmulator
+) -> None:
+    wrong = leak.spec.model_copy(update={"environment": "leak-wrong"})
+    creds = load_block(AzureCredentials, leak.spec.credentials_block)
+    creds.client_secret = SecretStr(WRONG_SECRET)
+    creds.save("leak-wrong", overwrite=True, _sync=True)  # type: ignore[call-arg]
+    vault = load_block(KeyVault, leak.spec.key_vault_block)
+    vault.credentials = load_block(AzureCredentials, "leak-wrong")
+    vault.save("leak-wrong", overwrite=True, _sync=True)  # type: ignore[call-arg]
+    wrong = wrong.model_copy(
+        update={"credentials_block": "leak-wrong", "key_vault_block": "leak-wrong"}
+    )
+    leak.secrets.add(WRONG_SECRET)
+    state = _run(ensure_mesh_pki, wrong)
+    _failed(state, "AADSTS7000215", "authentication failed", "'leak-wrong'")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "where"),
+    [
+        ("POST", rf"^/keys/{ROOT_KEY}/create$", f"keys/{ROOT_KEY}/create"),
+        ("POST", rf"^/keys/{ROOT_KEY}/[^/]+/sign$", "/sign"),
+        ("POST", r"^/certificates/leak-a-ca-cert/pending/merge$", "pending/merge"),
+        ("PUT", r"^/secrets/root-cert$", "secrets/root-cert"),
+        ("PUT", r"^/secrets/leak-b-cert-chain$", "secrets/leak-b-cert-chain"),
+    ],
+)
+def test_key_vault_refusing_a_write_that_carries_key_material_fails_cleanly(
+    leak: Leak, azure_emulator: AzureEmulator, method: str, path: str, where: str
+) -> None:
+    _scrub_vault(azure_emulator, leak.spec)
+    azure_emulator.add_fault(path, method=method, status=403, times=1000)
+    try:
+        state = _run(ensure_mesh_pki, leak.spec)
+    finally:
+        azure_emulator.clear_faults()
+    _failed(state, "Key Vault", where, "HTTP 403")
+
+
+def test_refusing_the_frontend_pfx_import_fails_cleanly(
+    leak: Leak, azure_emulator: AzureEmulator
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    pair = pki.generate_ingress_leaf(
+        pki.generate_root_ca(now=now, key_size=2048), now=now, host="front.example"
+    )
+    pfx = pkcs12.serialize_key_and_certificates(
+        b"front", pair.key, pair.cert, None, serialization.NoEncryption()
+    )
+    blob = base64.b64encode(pfx).decode()
+    Secret(value=SecretStr(blob)).save("leak-frontend-pfx", overwrite=True, _sync=True)  # type: ignore[call-arg]
+    leak.secrets |= {blob, pair.key_pem().decode().splitlines()[1]}
+    spec = leak.spec.model_copy(update={"frontend_pfx_block": "leak-frontend-pfx"})
+    azure_emulator.add_fault(
+        r"^/certificates/frontend-certificate/import$", method="POST", status=403, times=1000
+    )
+    try:
+        state = _run(ensure_mesh_pki, spec)
+    finally:
+        azure_emulator.clear_faults()
+    _failed(state, "frontend-certificate/import", "HTTP 403")
+
+
+def test_an_api_server_refusing_the_reader_token_or_the_remote_secret_fails_cleanly(
+    leak: Leak,
+) -> None:
+    assert _run(install_mesh, leak.spec).is_completed()  # the mesh as it should be
+    for name, proxy in leak.proxies.items():
+        token = _reader_token(proxy, name)
+        assert token
+        leak.secrets.add(token)
+    a, b = leak.proxies["leak-a"], leak.proxies["leak-b"]
+    a.add_fault(f"^{READER}$", method="GET", status=403, times=1000)
+    try:
+        state = _run(install_mesh, leak.spec)
+    finally:
+        a.clear_faults()
+    _failed(state, "cluster 'leak-a'", "istio-remote-secret-token", "HTTP 403")
+    # A remote secret that must be rewritten (its copy was edited), refused by the target.
+    _edit_remote_secret(b, "leak-a")
+    b.add_fault(r"^/api/v1/namespaces/istio-system/secrets/istio-remote-secret-leak-a$",
+                method="PATCH", status=403, times=1000)  # fmt: skip
+    try:
+        state = _run(install_mesh, leak.spec)
+    finally:
+        b.clear_faults()
+    _failed(state, "cluster 'leak-b'", "istio-remote-secret-leak-a", "HTTP 403")
+    assert _run(install_mesh, leak.spec).is_completed()  # and it converges afterwards
+
+
+# -- the scan --------------------------------------------------------------------------------
+
+
+def test_nothing_prefect_stored_holds_a_secret_or_a_private_key(
+    leak: Leak, prefect_server: PrefectServer, azure_emulator: AzureEmulator
+) -> None:
+    APILogHandler().flush()
+    secrets = {s for s in leak.secrets if len(s) >= 16}
+    secrets |= _bearer_tokens(azure_emulator)
+    assert len(secrets) >= 6  # client secrets, admin and reader tokens, Entra tokens, the PFX
+    home = prefect_server.database.parent
+    results = [p for p in (home / "storage").rglob("*") if p.is_file()]
+    assert results  # the failed flow runs' exceptions were written, and are scanned
+    for path in results:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    hits = scan(home, secrets)
+    assert hits == []
+
+
+def test_the_scan_finds_what_the_attack_found(tmp_path: Path) -> None:
+    # A failed run's exception as Prefect wrote it before: cloudpickled, base64, in JSON;
+    # the SDK error carried its request, with the key inside the body's JSON value.
+    marker = "Bearer eyJmarker.secret.token-value"
+    key = base64.b64encode(b"-----BEGIN PRIVATE KEY-----\nMIIE\n").decode()
+    exc = RuntimeError("Operation returned an invalid status 'Forbidden'")
+    exc.request = {"headers": {"Authorization": marker}, "body": json.dumps({"value": key})}  # type: ignore[attr-defined]
+    blob = base64.b64encode(cloudpickle.dumps(exc)).decode()
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "abc").write_text(json.dumps({"metadata": {}, "result": blob}))
+    assert scan(tmp_path, {marker}) == [
+        f"{tmp_path / 'storage' / 'abc'}: a private key",
+        f"{tmp_path / 'storage' / 'abc'}: a secret value",
+    ]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _reader_token(proxy: KubeFaultProxy, name: str) -> str:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config_dict(yaml.safe_load(proxy.kubeconfig(
+        proxy.cluster.admin_kubeconfig)))  # fmt: skip
+    secret = client.CoreV1Api(api).read_namespaced_secret(
+        "istio-reader-service-account-istio-remote-secret-token", "istio-system"
+    )
+    return base64.b64decode(secret.data["token"]).decode()
+
+
+def _edit_remote_secret(proxy: KubeFaultProxy, source: str) -> None:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config_dict(yaml.safe_load(proxy.kubeconfig(
+        proxy.cluster.admin_kubeconfig)))  # fmt: skip
+    client.CoreV1Api(api).patch_namespaced_secret(
+        f"istio-remote-secret-{source}", "istio-system",
+        {"data": {source: base64.b64encode(b"edited by hand").decode()}},
+    )  # fmt: skip
+
+
+def _bearer_tokens(emulator: AzureEmulator) -> set[str]:
+    """The access tokens Entra (the emulator) issued while bodies were recorded."""
+    tokens = set()
+    for entry in emulator.requests_log():
+        body = entry.get("response_body") or ""
+        if "/oauth2/" in entry["path"] and "access_token" in body:
+            tokens.add(str(json.loads(body)["access_token"]))
+    return tokens
+
+
+def scan(home: Path, secrets: set[str]) -> list[str]:
+    """What in ``home`` holds one of ``secrets`` or a private key, once decoded: one line each."""
+    needles = {s.encode() for s in secrets}
+    found = []
+    for path in sorted(p for p in home.rglob("*") if p.is_file()):
+        hits = set()
+        for layer in _layers_of_file(path):
+            if any(n in layer for n in needles):
+                hits.add("a secret value")
+            if b"PRIVATE KEY" in layer or PKCS12_OID in layer:
+                hits.add("a private key")
+        found += [f"{path}: {hit}" for hit in sorted(hits)]
+    return found
+
+
+def _layers_of_file(path: Path) -> Iterator[bytes]:
+    data = path.read_bytes()
+    if data.startswith(b"SQLite format 3"):
+        yield from _sqlite_cells(path)
+    yield from _layers(data)
+
+
+def _sqlite_cells(path: Path) -> Iterator[bytes]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - our own test DB
+                for cell in row:
+                    if isinstance(cell, str | bytes):
+                        yield from _layers(cell.encode() if isinstance(cell, str) else cell)
+    finally:
+        db.close()
+
+
+_B64 = re.compile(rb"[A-Za-z0-9+/_-]{24,}={0,2}")
+
+
+def _layers(data: bytes, depth: int = 0) -> Iterator[bytes]:
+    """``data``, and what base64 runs, JSON strings and pickles inside it decode to."""
+    yield data
+    if depth >= 3:
+        return
+    if data[:1] == b"\x80":
+        yield from _unpickled(data, depth)
+    for run in _B64.findall(data):
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                inner = decode(run + b"=" * (-len(run) % 4))
+            except (binascii.Error, ValueError):
+                continue
+            yield from _layers(inner, depth + 1)
+
+
+def _unpickled(data: bytes, depth: int) -> Iterator[bytes]:
+    try:
+        obj = cloudpickle.loads(data)
+    except Exception:
+        return
+    yield from _layers(_render(obj).encode(), depth + 1)
+
+
+def _render(obj: Any, seen: set[int] | None = None) -> str:
+    """Everything an unpickled object holds, as text (args, attributes, containers)."""
+    seen = seen if seen is not None else set()
+    if id(obj) in seen:
+        return ""
+    seen.add(id(obj))
+    parts = [repr(obj)]
+    if isinstance(obj, BaseException):
+        parts += [_render(a, seen) for a in obj.args]
+    if isinstance(obj, dict):
+        parts += [_render(k, seen) + _render(v, seen) for k, v in obj.items()]
+    elif isinstance(obj, list | tuple | set):
+        parts += [_render(v, seen) for v in obj]
+    for value in getattr(obj, "__dict__", {}).values():
+        parts.append(_render(value, seen))
+    return "\n".join(parts)
