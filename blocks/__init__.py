@@ -92,6 +92,7 @@ def missing_blocks(required: Iterable[tuple[type[Block], str]]) -> list[str]:
             continue
         except NotFoundError as exc:
             problem = str(exc)
+        others = []
         for other in known:
             if other is block_type:
                 continue
@@ -99,12 +100,13 @@ def missing_blocks(required: Iterable[tuple[type[Block], str]]) -> list[str]:
                 other.load(name, _sync=True)  # type: ignore[call-arg]
             except ValueError:
                 continue
+            others.append(repr(other.get_block_type_name()))
+        if others:
+            wanted = repr(block_type.get_block_type_name())
             problem = (
-                f"Prefect block {name!r} is a {other.get_block_type_name()!r}, not a "
-                f"{block_type.get_block_type_name()!r}; point the mesh description at a "
-                f"{block_type.get_block_type_name()!r} block, or save one under that name"
+                f"Prefect block {name!r} is a {' and a '.join(others)} block, not a {wanted}; "
+                f"point the mesh description at a {wanted} block, or save one under that name"
             )
-            break
         problems.append(problem)
     return problems
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,11 @@ app.add_typer(sandbox_app, name="sandbox")
 pki_app = typer.Typer(help="The mesh CA in Key Vault.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 
-ENVIRONMENTS_DIR = Path(__file__).resolve().parent.parent / "deployments" / "environments"
+ENVIRONMENTS_DIR = Path(
+    os.environ.get("MESHFLOW_ENVIRONMENTS_DIR")
+    or Path(__file__).resolve().parent.parent / "deployments" / "environments"
+)
+"""Where ``--env E`` finds ``E.yaml`` (``MESHFLOW_ENVIRONMENTS_DIR`` overrides the repository's)."""
 
 EnvOption = Annotated[str, typer.Option("--env", "-e", help="dev, staging, prod or sandbox.")]
 
@@ -71,6 +76,28 @@ def _reported() -> Iterator[None]:
         raise _fail(str(exc)) from exc
 
 
+class _FailuresReportedByTheCommand(logging.Filter):
+    """Keep flow and task failure records (and their tracebacks) off the terminal.
+
+    The command prints the failure itself, one line per problem; the records still reach the
+    Prefect API (the run's logs in the UI), whose handler sits on the run loggers.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.levelno >= logging.ERROR
+        return not (failure and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
+def _concise_console() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if _options["debug"]:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_FailuresReportedByTheCommand())
+
+
 def _state_root(env: str) -> Path:
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "meshflow" / env
@@ -84,6 +111,8 @@ def _environment(env: str) -> Iterator[tuple[MeshSpec, str]]:
         PREFECT_RESULTS_LOCAL_STORAGE_PATH,
         temporary_settings,
     )
+
+    _concise_console()
 
     if env == "sandbox":
         from sandbox.stack import Sandbox

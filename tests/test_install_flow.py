@@ -26,7 +26,9 @@ from prefect.client.schemas.filters import (
 )
 
 import tasks.kube
+from blocks import KeyVault, load_block
 from flows.install import MeshReport, install_cluster, install_mesh
+from meshflow import pki
 from meshflow.kubeconfig import parse_kubeconfig
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import environment as env
@@ -34,7 +36,9 @@ from sandbox import kube, processes
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
+from tasks.keyvault import public_cert
 from tasks.kube import api_client_for, check_from, request_json
+from tasks.pki import ROOT_CERT_OBJECT, ROOT_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,15 +207,7 @@ def test_a_killed_run_converges_on_the_next_one(
     spec_file = tmp_path / "mesh.json"
     spec_file.write_text(mesh_env.model_dump_json())
     before = _writes(kube_clusters)
-    child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import asyncio, sys; from flows.install import install_mesh; "
-         "from meshflow.spec import MeshSpec; "
-         "asyncio.run(install_mesh(MeshSpec.model_validate_json(open(sys.argv[1]).read())))",
-         str(spec_file)],
-        cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_server.api_url},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    child = _install_in_child(spec_file, prefect_server)
     deadline = time.monotonic() + 60
     while _writes(kube_clusters) == before and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -233,6 +229,62 @@ def test_a_killed_run_converges_on_the_next_one(
         _core(alpha).read_namespaced_service("echoserver", "echoserver").spec.ports[0].port == 8080
     )
     assert _run(mesh_env).writes == 0  # and it is converged: nothing left to do
+
+
+def _install_in_child(
+    spec_file: Path, server: PrefectServer, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``install_mesh`` of the spec in ``spec_file``, in a process of its own."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-c",
+         "import asyncio, sys; from flows.install import install_mesh; "
+         "from meshflow.spec import MeshSpec; "
+         "asyncio.run(install_mesh(MeshSpec.model_validate_json(open(sys.argv[1]).read())))",
+         str(spec_file)],
+        cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PREFECT_API_URL": server.api_url,
+             "PREFECT_HOME": str(server.database.parent)},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_two_installs_started_together_on_a_fresh_vault_make_one_root(
+    round_: int,
+    first_run: MeshReport,
+    mesh_env: MeshSpec,
+    azure_emulator: AzureEmulator,
+    prefect_server: PrefectServer,
+    tmp_path: Path,
+) -> None:
+    # Two `meshflow install` at the same moment: one takes the mesh lock, the other waits for
+    # it and finds everything done. Key Vault ends with one root, and root-cert, every chain
+    # and every intermediate agree on it.
+    vault = load_block(KeyVault, mesh_env.key_vault_block)
+    azure_emulator.drop_key(ROOT_KEY)
+    for name in (
+        ROOT_CERT_OBJECT,
+        "root-cert",
+        "echoserver",
+        "frontend-certificate",
+        *(f"{c.name}-{k}" for c in mesh_env.clusters for k in ("ca-cert", "cert-chain")),
+    ):
+        azure_emulator.drop_certificate(name)
+        azure_emulator.drop_secret(name)  # fmt: skip
+    spec_file = tmp_path / "mesh.json"
+    spec_file.write_text(mesh_env.model_dump_json())
+    children = [_install_in_child(spec_file, prefect_server, tmp_path / f"{i}.log") for i in (1, 2)]
+    for i, child in enumerate(children, 1):
+        assert child.wait(timeout=600) == 0, (tmp_path / f"{i}.log").read_text()[-3000:]
+    versions = [p for p in vault.key_client().list_properties_of_key_versions(ROOT_KEY)]
+    assert [v.enabled for v in versions] == [True]  # one root: the waiting run made none
+    root = pki.load_pem_chain((vault.secret_client().get_secret("root-cert").value or "").encode())
+    assert len(root) == 1
+    for c in mesh_env.clusters:
+        ca = public_cert(vault.certificate_client().get_certificate(f"{c.name}-ca-cert"))
+        chain = vault.secret_client().get_secret(f"{c.name}-cert-chain").value or ""
+        assert pki.load_pem_chain(chain.encode()) == [ca, root[0]]
+        assert pki.signed_by(ca, root[0])
 
 
 @pytest.fixture(scope="module")

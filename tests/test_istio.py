@@ -763,3 +763,13 @@ def test_overlay_path_that_matches_nothing_is_a_usage_error() -> None:
     patch = {"path": "spec.template.spec.volumes.[name:nope].csi", "value": {}}
     with pytest.raises(standin.UsageError, match=r"no list item matches \[name:nope\]"):
         _rendered_istiod([{"kind": "Deployment", "name": f"istiod-{REV}", "patches": [patch]}])
+
+
+def test_standin_refuses_an_istio_release_meshflow_does_not_know(tmp_path: Path) -> None:
+    # As a real istioctl finds no images for a tag that was never released.
+    operator = tmp_path / "mesh.yaml"
+    operator.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {}\n")
+    argv = [*ARGS[1:-1], "tag=9.99.0", "-f", str(operator), "--kubeconfig", str(operator)]
+    req = standin.parse_install_args(argv)
+    with pytest.raises(standin.UsageError, match=r"Istio 9\.99\.0 is not a release meshflow knows"):
+        standin.effective_operator(req)
