@@ -1,8 +1,12 @@
-"""A local Prefect server (``prefect server start``) on SQLite, quiet and offline."""
+"""A local Prefect server (``prefect server start``), quiet and offline.
+
+Its database is SQLite in its home folder unless a URL is given (the sandbox gives PostgreSQL's,
+see :mod:`sandbox.postgres`). Starting it again with the same home, port and database URL is a
+restart: same API URL, same data.
+"""
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 import urllib.error
@@ -11,29 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import processes
-from sandbox.kube import SandboxError
+from sandbox.processes import SandboxError
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 DEFAULT_PORT = 4200
+HEALTHY_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class PrefectServer:
-    """A running server: its API URL, PID and SQLite database."""
+    """A running server: its API URL, PID, port and SQLite database (used unless a URL is set)."""
 
     api_url: str
     pid: int
     database: Path
-
-
-def port_free(port: int) -> bool:
-    """Whether ``port`` on 127.0.0.1 can be bound right now."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    port: int
 
 
 def wait_healthy(api_url: str, timeout: float, log: Path) -> None:
@@ -51,37 +47,54 @@ def wait_healthy(api_url: str, timeout: float, log: Path) -> None:
     raise SandboxError(f"Prefect server {api_url} not healthy after {timeout:.0f}s:\n{tail}")
 
 
-def start_prefect_server(
-    home: Path, *, marker: str, port: int | None = None, database_url: str | None = None
-) -> PrefectServer:
-    """Start ``prefect server start`` with its home (and by default a SQLite database) in ``home``.
+def command_line(port: int) -> list[str]:
+    """The server's argv on ``port`` of 127.0.0.1."""
+    return [sys.executable, "-m", "prefect", "server", "start",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
 
-    Uses port 4200 (the UI's usual address) when free, else any free port. ``database_url``
-    selects another database, e.g. ``postgresql+asyncpg://...``.
-    """
-    home.mkdir(parents=True, exist_ok=True)
-    if port is None:
-        port = DEFAULT_PORT if port_free(DEFAULT_PORT) else processes.free_port()
-    database = home / "prefect.db"
-    env = {
+
+def environment(home: Path, port: int, database_url: str | None) -> dict[str, str]:
+    """The server's environment: its home, port, database (default SQLite in ``home``)."""
+    return {
         **QUIET_ENV,
         "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{database}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url
+        or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
+
+
+def start_prefect_server(
+    home: Path, *, marker: str, port: int | None = None, database_url: str | None = None
+) -> PrefectServer:
+    """Start ``prefect server start`` with its home in ``home``; return once it is healthy.
+
+    Args:
+        home: Its ``PREFECT_HOME`` (and the SQLite database's folder). An existing home is
+            reused, so the same ``home``, ``port`` and ``database_url`` restart a server.
+        marker: Marks its processes (see :mod:`sandbox.processes`).
+        port: Port on 127.0.0.1; default 4200 (the UI's usual address) when free, else any.
+        database_url: Another database, e.g. ``postgresql+asyncpg://...``.
+
+    Raises:
+        SandboxError: ``port`` is taken, or the server did not become healthy (it is stopped).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    if port is None:
+        port = DEFAULT_PORT if processes.port_free(DEFAULT_PORT) else processes.free_port()
+    else:
+        processes.require_free_ports("prefect", [port])
     log = home / "server.log"
     started = processes.spawn(
-        "prefect-server",
-        [sys.executable, "-m", "prefect", "server", "start",
-         "--host", "127.0.0.1", "--port", str(port)],
-        log=log, marker=marker, cwd=home, env=env,
+        "prefect-server", command_line(port), log=log, marker=marker, cwd=home,
+        env=environment(home, port, database_url),
     )  # fmt: skip
     api_url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_healthy(api_url, 120, log)
+        wait_healthy(api_url, HEALTHY_TIMEOUT, log)
     except BaseException:
         processes.stop([(started.pid, marker)])
         raise
-    return PrefectServer(api_url=api_url, pid=started.pid, database=database)
+    return PrefectServer(api_url=api_url, pid=started.pid, database=home / "prefect.db", port=port)

@@ -5,6 +5,10 @@ terminal does not reach it mid-write) and the environment variable ``MESHFLOW_SA
 set to the sandbox's state folder; children (uvicorn workers, etc.) inherit it. Stopping checks
 that a PID still carries the marker before signalling its group, so a recycled PID is never
 killed by mistake, and leak checks can find every descendant.
+
+A restart reuses the ports a process was first given (URLs saved elsewhere stay valid), so this
+module also says who holds a port (:func:`require_free_ports`) and clears what a killed process
+left behind (:func:`clear_after`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class SandboxError(RuntimeError):
+    """The local sandbox could not be built, started or reached."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,77 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 right now.
+
+    Binds with ``SO_REUSEADDR``, as the sandbox's servers do, so connections of a stopped server
+    that linger in TIME_WAIT do not count as taken.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _socket_inodes(port: int) -> set[str]:
+    # /proc/net/tcp{,6}: "sl local_address rem_address st ... inode"; TIME_WAIT has inode 0.
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holders(port: int) -> list[int]:
+    """PIDs of the processes with a socket on local ``port`` (those this user may inspect)."""
+    targets = {f"socket:[{inode}]" for inode in _socket_inodes(port)}
+    holders = set()
+    for entry in Path("/proc").iterdir():
+        if not (targets and entry.name.isdigit()):
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in targets for fd in (entry / "fd").iterdir()):
+                holders.add(int(entry.name))
+    return sorted(holders)
+
+
+def describe(pid: int) -> str:
+    """``pid 123 (its command line)``, shortened, for messages."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    command = " ".join(a.decode(errors="replace") for a in argv if a)
+    return f"pid {pid} ({command[:77] + '...' if len(command) > 80 else command})"
+
+
+def require_free_ports(owner: str, ports: Iterable[int]) -> None:
+    """Check that ``owner`` (e.g. ``cluster-2 kube-apiserver``) can listen on each of ``ports``.
+
+    Raises:
+        SandboxError: a port is taken; the message names the process holding it and what to do.
+    """
+    for port in ports:
+        if port_free(port):
+            continue
+        holders = ", ".join(describe(pid) for pid in port_holders(port))
+        raise SandboxError(
+            f"{owner} cannot listen on its port 127.0.0.1:{port}: it is taken by "
+            f"{holders or 'a process this user cannot see'}. Stop that process and run "
+            "`meshflow sandbox up` again, or run `meshflow sandbox up --reset` for a fresh "
+            "sandbox on new ports (that deletes the sandbox's data, its Key Vault included)"
+        )
 
 
 MARKER_VAR = "MESHFLOW_SANDBOX_MARKER"
@@ -149,6 +228,71 @@ def running_under(folder: str) -> list[tuple[int, str]]:
             if marker is not None and (marker == folder or marker.startswith(folder + "/")):
                 found.append((int(entry.name), marker))
     return found
+
+
+def has_exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone, or a zombie none of whose threads still runs.
+
+    Such a process holds no files or ports any more. (A PID reused by a live process does not
+    count as exited.)
+    """
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    states = []
+    for thread in threads:
+        with contextlib.suppress(OSError, IndexError):
+            states.append((thread / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return all(state in ("Z", "X") for state in states)
+
+
+def _exiting(pid: int) -> bool:
+    # A dying process drops its memory (so its marker no longer reads) before its files, so for
+    # a moment it is not "running" but still holds its ports; in a multi-threaded one (Go) the
+    # leader can even be a zombie while other threads still close the files. A live process (a
+    # reused PID, even another user's) has memory: VmSize in its status.
+    try:
+        if "VmSize:" in Path(f"/proc/{pid}/status").read_text():
+            return False
+    except OSError:
+        return False  # gone
+    return not has_exited(pid)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _group_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields else None
+
+
+def remnants(pid: int, marker: str) -> list[tuple[int, str]]:
+    """``(pid, marker)`` of live processes left in the group that process ``pid`` leads or led.
+
+    After a spawned process is killed, its children (workers, helpers) can outlive it and hold
+    its port or files.
+    """
+    return [(p, m) for p, m in running_under(marker) if m == marker and _group_of(p) == pid]
+
+
+def clear_after(pid: int, marker: str, *, timeout: float = 10.0) -> None:
+    """Make way for a new start of process ``pid``, which stopped: free its ports and files.
+
+    Waits (up to ``timeout`` seconds) until it has finished exiting, then stops the
+    :func:`remnants` of its group.
+    """
+    deadline = time.monotonic() + timeout
+    while _exiting(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop(remnants(pid, marker))
 
 
 def running_marked() -> list[tuple[int, str]]:

@@ -1,10 +1,13 @@
 """The whole local sandbox: N control planes, the Azure emulator, a Prefect server, the blocks.
 
-``up`` starts what is not running yet and records everything in ``state.json`` in the state
-folder (``$MESHFLOW_SANDBOX_DIR``, default ``~/.local/state/meshflow/sandbox``); ``down`` stops
-every process by PID and removes the folder, so no key or token of the sandbox stays on disk.
-The flows then run against the sandbox through the same code as against Azure: only the saved
-blocks differ (endpoints and CA bundle point at the emulator).
+``up`` starts the sandbox and records everything in ``state.json`` in the state folder
+(``$MESHFLOW_SANDBOX_DIR``, default ``~/.local/state/meshflow/sandbox``): each process's PID and
+the ports and folders its command line is built from. Run again, ``up`` restarts in place what
+stopped (same ports, data and credentials, so the URLs saved in the Prefect blocks stay valid and
+the emulated Key Vault keeps the mesh CA); ``up --reset`` and ``down`` stop every process by PID
+and remove the folder, so no key or token of the sandbox stays on disk. The flows then run
+against the sandbox through the same code as against Azure: only the saved blocks differ
+(endpoints and CA bundle point at the emulator).
 """
 
 from __future__ import annotations
@@ -15,15 +18,22 @@ import secrets
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from sandbox import kube, postgres, processes
 from sandbox.azure.admin import start_emulator_process
-from sandbox.environment import ENVIRONMENT, cluster_registration
+from sandbox.environment import ENVIRONMENT, client_registration, cluster_registration
 from sandbox.kube import LocalCluster, SandboxError
 from sandbox.prefect_server import start_prefect_server
+
+#: Version of ``state.json``'s layout; 2 records the ports and folders restarts need.
+STATE_VERSION = 2
+DATABASES = ("postgres", "sqlite")
+DEFAULT_DATABASE = "postgres"
+DEFAULT_CLUSTERS = 2
 
 
 def default_root() -> Path:
@@ -48,6 +58,56 @@ class Endpoint:
     ca_bundle: str | None = None
 
 
+@dataclass(frozen=True)
+class EmulatorProcess:
+    """A running emulator process: where it listens, its PID, the CA bundle clients trust."""
+
+    url: str
+    pid: int
+    ca_bundle: str
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What :meth:`Sandbox.up` did.
+
+    Attributes:
+        action: ``started`` (a new sandbox), ``restarted`` (some processes had stopped) or
+            ``unchanged`` (everything was running).
+        restarted: The processes started again, named for the user (``cluster-2
+            kube-apiserver``, ``emulator``, ``prefect``, ``postgres``).
+        state: The recorded state (as in ``state.json``).
+    """
+
+    action: Literal["started", "restarted", "unchanged"]
+    state: dict[str, Any]
+    restarted: tuple[str, ...] = field(default=())
+
+
+# -- the Azure emulator's process ------------------------------------------------------------
+
+
+def run_emulator(
+    state_dir: Path, port: int, config: dict[str, Any], *, marker: str
+) -> EmulatorProcess:
+    """Start the emulator on ``port`` with its state in ``state_dir``; once it listens.
+
+    The same arguments restart a stopped emulator in place: it reuses its CA and restores its
+    vault from ``state_dir`` (see :mod:`sandbox.azure`), at the same URL.
+
+    Raises:
+        SandboxError: ``port`` is taken by another program, or it did not start.
+    """
+    processes.require_free_ports("emulator", [port])
+    try:
+        admin = start_emulator_process(state_dir, marker=marker, config=config, port=port)
+    except RuntimeError as exc:
+        raise SandboxError(str(exc)) from exc
+    if admin.pid is None:  # it always sets it; the type allows an admin client without one
+        raise SandboxError(f"the emulator in {state_dir} started without a PID")
+    return EmulatorProcess(url=admin.url, pid=admin.pid, ca_bundle=str(admin.ca_bundle))
+
+
 class Sandbox:
     """The sandbox rooted at one state folder."""
 
@@ -70,69 +130,128 @@ class Sandbox:
             return None
         return dict(json.loads(self.state_file.read_text()))
 
+    def _write_state(self, state: Mapping[str, Any]) -> None:
+        tmp = self.state_file.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
+
     # -- up ---------------------------------------------------------------------------------
 
-    def _start_emulator(self, clusters: list[LocalCluster]) -> Endpoint:
-        config = {"clusters": [cluster_registration(c) for c in clusters]}
-        admin = start_emulator_process(self.root / "azure", marker=self.marker, config=config)
-        return Endpoint(url=admin.url, pid=admin.pid, ca_bundle=str(admin.ca_bundle))
+    def up(
+        self, count: int | None = None, *, database: str | None = None, reset: bool = False
+    ) -> UpResult:
+        """Start the sandbox with ``count`` clusters, or restart in place what of it stopped.
 
-    def _start_prefect(self, database: str) -> tuple[Endpoint, dict[str, Any] | None]:
-        external = os.environ.get("PREFECT_API_URL")
-        if external:
-            return Endpoint(url=external.rstrip("/"), pid=None), None
-        pg = postgres.start(marker=self.marker) if database == "postgres" else None
-        server = start_prefect_server(
-            self.root / "prefect", marker=self.marker, database_url=pg.url if pg else None
-        )
-        recorded = {"pid": pg.pid, "directory": str(pg.directory)} if pg else None
-        return Endpoint(url=server.api_url, pid=server.pid), recorded
+        With no sandbox recorded, starts a new one. With one recorded, starts again only the
+        processes that stopped, with the same ports, data and credentials (etcd's objects, the
+        emulated Key Vault, the Prefect database), and records their new PIDs; blocks and the
+        mesh description are left as they are. A no-op if everything runs.
 
-    def up(self, count: int = 2, *, database: str = "sqlite") -> dict[str, Any]:
-        """Start the sandbox with ``count`` clusters; a no-op if it already runs that many.
-
-        ``database`` is the Prefect server's: ``sqlite`` (default) or ``postgres`` (see
-        :mod:`sandbox.postgres` for when it matters).
+        Args:
+            count: How many clusters. None: :data:`DEFAULT_CLUSTERS` for a new sandbox, as
+                many as a recorded one has.
+            database: The Prefect server's, ``postgres`` or ``sqlite`` (see
+                :mod:`sandbox.postgres` for why PostgreSQL). None: ``postgres`` for a new
+                sandbox, whatever a recorded one uses.
+            reset: Stop and delete the recorded sandbox first (Key Vault included) and start a
+                new one.
 
         Raises:
-            SandboxError: it runs with another number of clusters, or something failed to start
-                (whatever did start is stopped again).
+            SandboxError: The recorded sandbox has another number of clusters or another
+                database; a recorded port is taken by another program; something failed to
+                start (a new sandbox is then removed again, a restart leaves what runs).
+            ValueError: ``count`` or ``database`` is out of range.
         """
-        names = cluster_names(count)
-        if database not in ("sqlite", "postgres"):
-            raise ValueError(f"--database must be sqlite or postgres (got {database!r})")
+        if count is not None:
+            cluster_names(count)  # in range
+        if database is not None and database not in DATABASES:
+            raise ValueError(f"--database must be postgres or sqlite (got {database!r})")
+        if reset:
+            self.down()
         state = self.state()
-        if state is not None:
-            if self.is_healthy() and len(state["clusters"]) == count:
-                return state
-            if self.is_healthy():
-                raise SandboxError(
-                    f"the sandbox already runs {len(state['clusters'])} clusters; "
-                    "run `meshflow sandbox down` first to change the count"
-                )
-            self.down()  # half-dead from an earlier crash: start clean
+        if state is None:
+            names = cluster_names(count or DEFAULT_CLUSTERS)
+            return UpResult("started", self._start(names, database or DEFAULT_DATABASE))
+        self._check_matches(state, count, database)
+        if not self.stopped():
+            return UpResult("unchanged", state)
+        return UpResult("restarted", state, tuple(self._restart(state)))
+
+    def _check_matches(
+        self, state: Mapping[str, Any], count: int | None, database: str | None
+    ) -> None:
+        recorded = len(state["clusters"])
+        if count is not None and recorded != count:
+            raise SandboxError(
+                f"the sandbox in {self.root} has {recorded} clusters, not {count}; run "
+                f"`meshflow sandbox up --reset --clusters {count}` for a new one (that deletes "
+                "the sandbox's data, its Key Vault included), or `meshflow sandbox down` first"
+            )
+        own = state["prefect"].get("database")
+        if database is not None and own is not None and database != own:
+            raise SandboxError(
+                f"the sandbox in {self.root} runs its Prefect server on {own}, not {database}; "
+                f"run `meshflow sandbox up --reset --database {database}` for a new one (that "
+                "deletes the sandbox's data), or leave out --database"
+            )
+
+    def _start(self, names: list[str], database: str) -> dict[str, Any]:
+        """Start a new sandbox; on failure, stop and remove whatever did start."""
         self.root.mkdir(parents=True, exist_ok=True)
+        pg: postgres.Postgres | None = None
         try:
             clusters = kube.start_clusters(names, self.root / "clusters")
-            emulator = self._start_emulator(clusters)
-            prefect, pg = self._start_prefect(database)
+            client_secret = secrets.token_urlsafe(24)
+            emulator = self._start_emulator(clusters, client_secret)
+            if database == "postgres" and not os.environ.get("PREFECT_API_URL"):
+                pg = self._start_postgres()
+            prefect = self._start_prefect(pg)
             state = {
+                "version": STATE_VERSION,
                 "environment": ENVIRONMENT,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "prefect": {"api_url": prefect.url, "pid": prefect.pid, "database": database},
-                "postgres": pg,
+                "prefect": {"api_url": prefect.url, "pid": prefect.pid,
+                            "database": database if prefect.pid else None,
+                            "port": urlsplit(prefect.url).port if prefect.pid else None},
+                "postgres": {"pid": pg.pid, "directory": str(pg.directory), "port": pg.port}
+                if pg else None,
                 "emulator": {"url": emulator.url, "pid": emulator.pid,
-                             "ca_bundle": emulator.ca_bundle},
+                             "ca_bundle": emulator.ca_bundle, "port": urlsplit(emulator.url).port,
+                             "state_dir": str(self.root / "azure")},
                 "clusters": [c.to_json() for c in clusters],
             }  # fmt: skip
-            self.state_file.write_text(json.dumps(state, indent=2))
-            self._save_environment(state)
+            self._write_state(state)
+            self._save_environment(state, client_secret)
         except BaseException:
             self.down()
+            if pg is not None:
+                postgres.remove(pg.directory)  # outside the state folder if not recorded yet
             raise
         return state
 
-    def _save_environment(self, state: Mapping[str, Any]) -> None:
+    def _start_emulator(self, clusters: list[LocalCluster], client_secret: str) -> EmulatorProcess:
+        config = {
+            "clusters": [cluster_registration(c) for c in clusters],
+            "clients": [client_registration(client_secret)],
+        }
+        return run_emulator(self.root / "azure", processes.free_port(), config, marker=self.marker)
+
+    def _start_postgres(self) -> postgres.Postgres:
+        inside = self.root / "postgres"
+        return postgres.start(
+            marker=self.marker, directory=inside if postgres.reachable(self.root) else None
+        )
+
+    def _start_prefect(self, pg: postgres.Postgres | None) -> Endpoint:
+        external = os.environ.get("PREFECT_API_URL")
+        if external:
+            return Endpoint(url=external.rstrip("/"), pid=None)
+        server = start_prefect_server(
+            self.root / "prefect", marker=self.marker, database_url=pg.url if pg else None
+        )
+        return Endpoint(url=server.api_url, pid=server.pid)
+
+    def _save_environment(self, state: Mapping[str, Any], client_secret: str) -> None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from sandbox.environment import sandbox_spec, save_environment
@@ -143,9 +262,72 @@ class Sandbox:
                 spec,
                 emulator_url=state["emulator"]["url"],
                 ca_bundle=state["emulator"]["ca_bundle"],
-                client_secret=secrets.token_urlsafe(24),
+                client_secret=client_secret,
             )
         (self.root / "mesh.yaml").write_text(spec.to_yaml())
+
+    # -- restart ----------------------------------------------------------------------------
+
+    def _restart(self, state: dict[str, Any]) -> list[str]:
+        """Restart what stopped, recording each new PID as it comes; the names restarted."""
+        if state.get("version") != STATE_VERSION:
+            raise SandboxError(
+                f"the sandbox in {self.root} was started by an older meshflow that did not "
+                "record the ports to restart it on; run `meshflow sandbox up --reset` for a new "
+                "one (that deletes the sandbox's data), or `meshflow sandbox down` first"
+            )
+        restarted = self._restart_clusters(state)
+        # PostgreSQL before the Prefect server that uses it.
+        for name, restart in (
+            ("postgres", self._restart_postgres),
+            ("prefect", self._restart_prefect),
+            ("emulator", self._restart_emulator),
+        ):
+            record = state.get(name) or {}
+            pid = record.get("pid")
+            if pid and not processes.is_running(pid, self.marker):
+                processes.clear_after(pid, self.marker)
+                record["pid"] = restart(state)
+                self._write_state(state)
+                restarted.append(name)
+        return restarted
+
+    def _restart_clusters(self, state: dict[str, Any]) -> list[str]:
+        clusters = [LocalCluster.from_json(c) for c in state["clusters"]]
+        try:
+            return kube.restart_clusters(clusters)
+        finally:  # record the clusters that did restart, also when another did not
+            state["clusters"] = [kube.load_cluster(c.directory).to_json() for c in clusters]
+            self._write_state(state)
+
+    def _restart_postgres(self, state: Mapping[str, Any]) -> int:
+        record = state["postgres"]
+        directory, port = Path(record["directory"]), int(record["port"])
+        return postgres.restart(directory, port, marker=self.marker).pid
+
+    def _restart_prefect(self, state: Mapping[str, Any]) -> int:
+        pg = state.get("postgres")
+        database_url = postgres.connection_url(int(pg["port"])) if pg else None
+        server = start_prefect_server(
+            self.root / "prefect",
+            marker=self.marker,
+            port=int(state["prefect"]["port"]),
+            database_url=database_url,
+        )
+        return server.pid
+
+    def _restart_emulator(self, state: Mapping[str, Any]) -> int:
+        record = state["emulator"]
+        state_dir = Path(record["state_dir"])
+        config = json.loads((state_dir / "config.json").read_text())  # as the first start wrote it
+        emulator = run_emulator(state_dir, int(record["port"]), config, marker=self.marker)
+        if emulator.url != record["url"]:
+            processes.stop([(emulator.pid, self.marker)])
+            raise SandboxError(
+                f"the Azure emulator came back at {emulator.url}, not {record['url']} as the "
+                "saved blocks say; run `meshflow sandbox up --reset`"
+            )
+        return emulator.pid
 
     # -- status and down --------------------------------------------------------------------
 
@@ -184,10 +366,12 @@ class Sandbox:
             return {"running": False, "state_dir": str(self.root)}
         return {
             "running": self.is_healthy(),
+            "stopped": self.stopped(),
             "state_dir": str(self.root),
             "environment": state["environment"],
             "prefect_api_url": state["prefect"]["api_url"],
             "prefect_ui_url": state["prefect"]["api_url"].removesuffix("/api"),
+            "prefect_database": state["prefect"].get("database"),
             "emulator_url": state["emulator"]["url"],
             "emulator_ca_bundle": state["emulator"]["ca_bundle"],
             "mesh_spec": str(self.root / "mesh.yaml"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 import sys
 import time
@@ -175,3 +177,40 @@ def test_a_process_is_recognised_as_ours_as_soon_as_spawn_returns(tmp_path: Any)
     finally:
         processes.stop(processes.running_under(marker))
     assert processes.running_under(marker) == []
+
+
+def _crd_creates(cluster: kube.LocalCluster) -> list[str]:
+    return [
+        e["objectRef"]["name"]
+        for e in kube.audit_writes(cluster, user="admin")
+        if e["verb"] == "create" and e["objectRef"]["resource"] == "customresourcedefinitions"
+    ]
+
+
+def test_restart_brings_back_what_was_killed_in_place(tmp_path: Any) -> None:
+    (cluster,) = kube.start_clusters(["solo"], tmp_path)
+    try:
+        api = _api(cluster)
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "survivor"}})
+        missing = "secretproviderclasses.secrets-store.csi.x-k8s.io"
+        client.ApiextensionsV1Api(api).delete_custom_resource_definition(missing)
+        installed = _crd_creates(cluster)
+        etcd, apiserver, kcm = cluster.pids
+        for pid in (apiserver, etcd):
+            os.kill(pid, signal.SIGKILL)
+        while not (processes.has_exited(apiserver) and processes.has_exited(etcd)):
+            time.sleep(0.01)
+
+        restarted, names = kube.restart_cluster(cluster, kube.ensure_binaries())
+
+        assert names == ["solo etcd", "solo kube-apiserver"]
+        assert restarted.pids[2] == kcm  # the controller manager kept running
+        assert restarted.is_running()
+        assert restarted == kube.load_cluster(tmp_path / "solo")  # new PIDs recorded
+        assert restarted.api_url == cluster.api_url
+        api = _api(restarted)  # same kubeconfig: same URL, CA and token
+        assert client.CoreV1Api(api).read_namespace("survivor").metadata.name == "survivor"
+        assert _crd_creates(restarted) == [*installed, missing]  # only the missing CRD
+        assert kube.restart_cluster(restarted, kube.ensure_binaries()) == (restarted, [])
+    finally:
+        processes.stop(processes.running_under(str(tmp_path)))

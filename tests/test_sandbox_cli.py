@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sandbox import processes
 from sandbox.stack import Sandbox
 
@@ -19,6 +21,7 @@ def _meshflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_sandbox_up_status_verify_down_leaves_nothing(tmp_path: Path) -> None:
     state = tmp_path / "sandbox"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
