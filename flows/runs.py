@@ -14,8 +14,9 @@
   too (:mod:`tasks.pki`): this lock is the first line, not the only one.
 - **Runs that died.** Each mesh run tags itself with the mesh, host and process id. At start, a
   run marks ``Crashed`` every other run of its mesh still shown as running whose process on
-  this host is gone (killed, say), and their sub-flows; runs on other hosts are left to
-  Prefect's heartbeat-based zombie detection (the automation in ``deployments/automations``).
+  this host is gone (killed, say), and their sub-flows. A run that died on another host is
+  not judged from here: Prefect's heartbeat-based zombie detection (an automation on the
+  flow-run heartbeat events) is the way for runs on workers, set up with the deployments.
 """
 
 from __future__ import annotations

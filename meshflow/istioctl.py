@@ -34,6 +34,7 @@ SUPPORTED_PLATFORMS = frozenset(
 )
 """The ``(os, arch)`` pairs published as ``.tar.gz`` (Windows ships a ``.zip``: not handled)."""
 
+
 @dataclass(frozen=True)
 class IstioRelease:
     """An Istio release meshflow knows: installable, with the archive digests confirmed for it.

@@ -23,6 +23,7 @@ from sandbox import ISTIOCTL_STANDIN, kube, processes
 from sandbox import environment as env
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer, start_prefect_server
+from tests.secret_scan import scan
 
 pytest_plugins = ["tests.emulator_fixtures"]
 
@@ -57,13 +58,20 @@ def kube_clusters(kube_root: Path) -> Iterator[list[kube.LocalCluster]]:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """A real ``prefect server start`` on SQLite; this test process is its client."""
+    """A real ``prefect server start`` on SQLite; this test process is its client.
+
+    At the end of the session, everything the server and its clients stored under its home
+    (database, results) is decoded and searched for the client secrets of every credentials
+    block saved there, the session's Kubernetes tokens and any private key: a hit fails the
+    session.
+    """
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     from sandbox.environment import register_block_types
 
     home = tmp_path_factory.mktemp("prefect")
     server = start_prefect_server(home, marker=str(home), port=processes.free_port())
+    secrets: set[str] = set()
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: home}):
             register_block_types()
@@ -71,8 +79,37 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             from prefect.logging.handlers import APILogHandler
 
             APILogHandler().flush()  # deliver pending run logs while the server still listens
+            secrets = _saved_client_secrets()
     finally:
         processes.stop(processes.running_under(str(home)))
+    secrets |= _kube_tokens(tmp_path_factory.getbasetemp())
+    hits = scan(home, {s for s in secrets if len(s) >= 16})
+    assert hits == [], f"secrets found in what Prefect stored: {hits}"
+
+
+def _saved_client_secrets() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    from blocks import AzureCredentials
+
+    found = set()
+    with get_client(sync_client=True) as client:
+        for doc in client.read_block_documents(include_secrets=True):
+            if doc.block_type and doc.block_type.slug == AzureCredentials.get_block_type_slug():
+                secret = (doc.data or {}).get("client_secret")
+                if isinstance(secret, str) and secret:
+                    found.add(secret)
+    return found
+
+
+def _kube_tokens(base: Path) -> set[str]:
+    """The static tokens (admin, user, controller manager) of every cluster the session ran."""
+    return {
+        line.split(",", 1)[0]
+        for tokens in base.rglob("tokens.csv")
+        for line in tokens.read_text().splitlines()
+        if line
+    }
 
 
 @pytest.fixture(scope="session")

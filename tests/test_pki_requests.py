@@ -16,6 +16,7 @@ from meshflow.spec import MeshSpec, PkiSettings
 from sandbox.azure import AzureEmulator
 from tasks.keyvault import public_cert
 from tasks.pki import (
+    ROOT_CA,
     ROOT_CERT_OBJECT,
     ROOT_KEY,
     current_root,
@@ -43,7 +44,7 @@ def vault(mesh_env: MeshSpec, emulator: AzureEmulator) -> tuple[str, Certificate
     kv = mesh_env.key_vault_block
     mesh = [c.name for c in mesh_env.clusters]
     emulator.drop_key(ROOT_KEY)
-    for name in [ROOT_CERT_OBJECT, "root-cert",
+    for name in [ROOT_CA, ROOT_CERT_OBJECT, "root-cert",
                  *(f"{c}-{kind}" for c in [*mesh, "gamma", "delta"]
                    for kind in ("ca-cert", "cert-chain"))]:  # fmt: skip
         emulator.drop_certificate(name)
