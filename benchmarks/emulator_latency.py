@@ -60,7 +60,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, naive in (("emulator (TCP_NODELAY)", False), ("naive (Nagle on)", True)):
-            with AzureEmulator(Path(tmp) / label.split()[0], naive=naive) as emu:
+            clients = {"bench": "secret"}
+            with AzureEmulator(Path(tmp) / label.split()[0], naive=naive, clients=clients) as emu:
                 results[label] = summary(measure(emu, rounds))
     print(f"SecretClient set_secret + get_secret, N={rounds} round trips (after warm-up)")
     print(f"{'server':<24}{'median ms':>11}{'p95 ms':>10}")

@@ -73,13 +73,16 @@ from sandbox.prefect_server import start_prefect_server
 from tasks.aks import forget_credentials
 from tasks.kube import check_remote_secrets, exchange_remote_secrets
 from tasks.pki import (
+    ROOT_CA,
+    ROOT_CERT_OBJECT,
+    ROOT_KEY,
     ensure_frontend_certificate,
     ensure_ingress_certificate,
     ensure_intermediate_ca,
     ensure_root_ca,
 )
 
-MESH_OBJECTS = ("istio-root-ca", "root-cert", "echoserver", "frontend-certificate")
+MESH_OBJECTS = (ROOT_CA, ROOT_CERT_OBJECT, "root-cert", "echoserver", "frontend-certificate")
 
 
 @flow(name="install-mesh-sequential")
@@ -106,13 +109,14 @@ def inject_latencies(emulator: EmulatorAdmin) -> None:
     for method, path, ms in (
         ("POST", r".*/listClusterAdminCredential$", 500),
         ("GET", r".*/managedClusters/[^/]+$", 300),
-        ("*", r"^/(secrets|certificates|deletedsecrets)(/.*)?$", 80),
+        ("*", r"^/(secrets|certificates|deletedsecrets|keys)(/.*)?$", 80),
     ):
         emulator.add_fault(method=method, path=path, status=None, delay_ms=ms, times=100_000)
 
 
 def reset_vault(emulator: EmulatorAdmin, specs: dict[str, MeshSpec]) -> None:
     """Empty the emulator's vault of every mesh object, so each run starts from nothing."""
+    emulator.drop_key(ROOT_KEY)
     names = list(MESH_OBJECTS)
     for c in (c for spec in specs.values() for c in spec.clusters):
         names += [f"{c.name}-ca-cert", f"{c.name}-cert-chain"]
@@ -126,11 +130,12 @@ def make_keys_ahead(emulator: EmulatorAdmin, spec: MeshSpec) -> dict[int, list[f
 
     Key Vault makes keys on its own hardware; the emulator shares this machine's 2 cores with
     the flow. Made ahead, each key costs its creation request as long as making it took, but
-    no CPU during the run (see ``sandbox.azure.x509util``). The intermediate CAs' keys, and the
-    frontend certificate's (Key Vault's default policy: RSA 2048). Per key size, the seconds
-    each new key took.
+    no CPU during the run (see ``sandbox.azure.x509util``). The root CA key and the
+    intermediate CAs' keys, the ingress leaf's and the frontend certificate's (Key Vault's
+    default policy: RSA 2048). Per key size, the seconds each new key took.
     """
-    wanted = Counter({spec.pki.ca_key_size: len(spec.clusters)})
+    wanted = Counter({spec.pki.ca_key_size: 1 + len(spec.clusters)})
+    wanted[spec.pki.leaf_key_size] += 1
     wanted[2048] += 1
     return {size: emulator.make_keys(size, count) for size, count in wanted.items()}
 
@@ -189,7 +194,8 @@ async def recorded_runs(parent_id: UUID, timeout: float = 120) -> tuple[list[Any
 async def critical_path(parent_id: UUID) -> dict[str, float]:
     """The longest dependent chain of task work under the ``install-mesh`` run ``parent_id``.
 
-    The flow's dependencies: root CA and, beside it, each cluster's key request → each cluster
+    The flow's dependencies: the blocks checked; then the root CA and, beside it, each
+    cluster's key request → each cluster
     (once both are done): max(credentials → namespaces, its intermediate CA) → Istio → sample
     workload; once every cluster is installed, each source's exchange into the others, then
     that source's checks; beside them, once every exchange is done, the data-plane checks. The
@@ -218,9 +224,11 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
         ca = longest(run_id, "ensure-intermediate-ca")
         return max(prepare, ca) + longest(run_id, "install-istio") + _seconds(post)
 
-    root = longest(parent_id, "ensure-root-ca")
+    checked_blocks = longest(parent_id, "check-blocks")  # before any write
+    root = checked_blocks + longest(parent_id, "ensure-root-ca")
     clusters = {  # from the start: after the root and the cluster's own key request
-        name: max(root, longest(parent_id, f"request-intermediate-ca-{name}")) + cluster_path(f.id)
+        name: max(root, checked_blocks + longest(parent_id, f"request-intermediate-ca-{name}"))
+        + cluster_path(f.id)
         for f in subflows
         if _FLOW_NAMES.get(f.flow_id) == "install-cluster"
         for name in [f.name.removeprefix("install-cluster-")]
@@ -236,10 +244,11 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
         longest(parent_id, "check-istiod-sync"), longest(parent_id, "call-echoserver-across")
     )
     ingress = root + longest(parent_id, "ensure-ingress")
-    frontend = longest(parent_id, "ensure-frontend")  # needs no root
+    frontend = checked_blocks + longest(parent_id, "ensure-frontend")  # needs no root
     end = max([*clusters.values(), *checked, data_plane, ingress, frontend])
     return {
-        "root CA": root,
+        "blocks checked": checked_blocks,
+        "then the root CA": root - checked_blocks,
         "then the slowest cluster (or its key request)": everyone - root,
         "then exchange and checks (data-plane checks beside)": end - everyone,
     }

@@ -3,7 +3,8 @@
 - **Results.** Flows return references (names, versions, expiry), never secrets, and do not
   persist them (:data:`FLOW_OPTIONS`). Prefect still writes a *failed* flow run's exception to
   its result storage; with the JSON serializer that is the exception's type and message only,
-  in files readable by the owner alone (the run sets its umask to 077). The storage folder is
+  in files readable by the owner alone (a process that loads meshflow's flows creates files
+  with umask 077). The storage folder is
   Prefect's ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``; the ``meshflow`` command points it into the
   environment's own state folder (the sandbox's is removed by ``sandbox down``).
 - **One run per mesh at a time.** Install, PKI and rotation runs of one mesh take the Prefect
@@ -58,16 +59,11 @@ LEASE_SECONDS = 60.0
 _FIRST_TRY_SECONDS = 1.0
 
 
-def private_files(*_: Any) -> None:
-    """Flow hook: files this process writes from now on are readable by their owner only."""
-    os.umask(0o077)
+# Whatever a process running meshflow's flows writes (Prefect's result files above all) is
+# readable by its owner alone: a flow process, or a worker's, is meshflow's to configure.
+os.umask(0o077)
 
-
-FLOW_OPTIONS: dict[str, Any] = {
-    "persist_result": False,
-    "result_serializer": "json",
-    "on_running": [private_files],
-}
+FLOW_OPTIONS: dict[str, Any] = {"persist_result": False, "result_serializer": "json"}
 """Keyword arguments every meshflow ``@flow`` takes (see the module docstring)."""
 
 
