@@ -88,20 +88,20 @@ MESH_OBJECTS = (ROOT_CA, ROOT_CERT_OBJECT, "root-cert", "echoserver", "frontend-
 @flow(name="install-mesh-sequential")
 async def install_mesh_sequential(spec: MeshSpec) -> None:
     """The seed's order: the same steps, one at a time (PKI, each cluster, each ordered pair)."""
-    kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
-    await ensure_root_ca(kv, [c.name for c in spec.clusters], settings, root_kv)
+    pki = spec.pki_store
+    await ensure_root_ca(pki, spec.cluster_names)
     for c in spec.clusters:
-        await ensure_intermediate_ca(kv, c.name, settings, root_kv)
-    await ensure_ingress_certificate(kv, settings, root_kv)
-    await ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
+        await ensure_intermediate_ca(pki, c)
+    await ensure_ingress_certificate(pki)
+    await ensure_frontend_certificate(pki)
     for c in spec.clusters:
         await install_cluster(spec, c.name)  # its CA exists: only read here
     pairs = [(s, t) for s in spec.clusters for t in spec.clusters if s != t]
     for s, t in pairs:  # the seed: one create-remote-secret | kubectl apply at a time
-        await exchange_remote_secrets(s.aks_block, s.name, [(t.aks_block, t.name)])
+        await exchange_remote_secrets(s, (t,))
     for s, t in pairs:
-        await check_remote_secrets(s.name, [(t.aks_block, t.name)])
-    await _data_plane(spec)
+        await check_remote_secrets(s, (t,))
+    await _data_plane(spec, spec.clusters)
 
 
 def inject_latencies(emulator: EmulatorAdmin) -> None:
@@ -196,7 +196,8 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
 
     The flow's dependencies: the blocks checked; then the root CA and, beside it, each
     cluster's key request → each cluster
-    (once both are done): max(credentials → namespaces, its intermediate CA) → Istio → sample
+    (once both are done): max(credentials → namespaces, its intermediate CA, istioctl) → Istio →
+    sample
     workload; once every cluster is installed, each source's exchange into the others, then
     that source's checks; beside them, once every exchange is done, the data-plane checks. The
     ingress certificate follows the root; the frontend certificate needs nothing. Runs are
@@ -222,7 +223,8 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
             longest(run_id, "get-cluster-credentials"), longest(run_id, "describe-aks-cluster")
         ) + _seconds(pre)
         ca = longest(run_id, "ensure-intermediate-ca")
-        return max(prepare, ca) + longest(run_id, "install-istio") + _seconds(post)
+        binary = longest(run_id, "fetch-istioctl")
+        return max(prepare, ca, binary) + longest(run_id, "install-istio") + _seconds(post)
 
     checked_blocks = longest(parent_id, "check-blocks")  # before any write
     root = checked_blocks + longest(parent_id, "ensure-root-ca")
@@ -332,7 +334,7 @@ def reset_clusters(clusters: list[kube.LocalCluster]) -> None:
     """Remove what an install made, so the next round starts from empty clusters."""
     from kubernetes import config
 
-    from tasks.kube import request_json
+    from tasks.kube_client import request_json
 
     load = config.new_client_from_config  # untyped in the kubernetes client
     apis = [load(config_file=str(c.admin_kubeconfig)) for c in clusters]  # type: ignore[no-untyped-call]
@@ -382,7 +384,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         choices=[2048, 3072, 4096],
         default=PkiSettings().ca_key_size,
-        help="diagnostic: Istio's CA keys are RSA 4096 (shared/SYSTEM.md)",
+        help="diagnostic: Istio's CA keys are RSA 4096 (docs/runbook.md, step 02)",
     )
     parser.add_argument(
         "--keys-on-demand",

@@ -5,8 +5,6 @@ clients for its service, so tasks never assemble endpoints or credentials themse
 sandbox differs from Azure only in the values saved in these blocks.
 """
 
-import threading
-import time
 from collections.abc import Iterable
 from typing import TypeVar, cast
 
@@ -16,6 +14,7 @@ from prefect.settings import PREFECT_API_URL
 from blocks.aks import AksCluster
 from blocks.azure import AzureCredentials
 from blocks.keyvault import KeyVault
+from blocks.runtime import RUNTIME, Memo
 from meshflow.errors import NotFoundError
 
 __all__ = [
@@ -35,34 +34,28 @@ B = TypeVar("B", bound=Block)
 BLOCK_REUSE_SECONDS = 15.0
 """How long a loaded block is reused in this process before it is read from the API again."""
 
-_Key = tuple[str, str, str]  # API URL, block type slug, block name
-_loaded: dict[_Key, tuple[float, Block]] = {}
-_key_locks: dict[_Key, threading.Lock] = {}
-_guard = threading.Lock()
+_LOADED: Memo[Block] = RUNTIME.memo("blocks", ttl=BLOCK_REUSE_SECONDS)
 
 
 def load_block(block_type: type[B], name: str) -> B:
     """Load a saved block document, synchronously even when called from async code.
 
-    A flow run's tasks name the same few blocks many times; each read costs an API call and a
-    new Prefect client (a TLS context, about 25 ms of CPU). So a block read in this process in
-    the last ``BLOCK_REUSE_SECONDS`` is reused (per API URL; concurrent first reads make one
-    call). A block edited in the UI is seen by runs that start after that window;
-    :func:`forget_blocks` drops them at once.
+    A block read in this process in the last ``BLOCK_REUSE_SECONDS`` is reused (per API URL;
+    concurrent first reads make one call; why: ``docs/design.md``). A block edited in the UI is
+    seen by runs that start after that window; :func:`forget_blocks` drops them at once.
+
+    Raises:
+        NotFoundError: the server has no such block of that type (the message says what to do).
     """
     key = (str(PREFECT_API_URL.value() or ""), block_type.get_block_type_slug(), name)
-    with _guard:
-        lock = _key_locks.setdefault(key, threading.Lock())
-    with lock:
-        hit = _loaded.get(key)
-        if hit is not None and time.monotonic() - hit[0] < BLOCK_REUSE_SECONDS:
-            return cast(B, hit[1])
+
+    def load() -> Block:
         try:
-            block = cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+            return cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
         except ValueError as exc:  # Prefect: "Unable to find block document named ..."
             raise missing_block(block_type, name) from exc
-        _loaded[key] = (time.monotonic(), block)
-        return block
+
+    return cast(B, _LOADED.get(key, load))
 
 
 def missing_block(block_type: type[Block], name: str) -> NotFoundError:
@@ -131,4 +124,4 @@ def read_ahead(block_type: type[B], names: Iterable[str]) -> None:
 
 def forget_blocks() -> None:
     """Read every block from the API again on its next use (e.g. after saving blocks)."""
-    _loaded.clear()
+    _LOADED.forget()

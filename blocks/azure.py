@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, TypeVar
 
@@ -16,23 +15,21 @@ from azure.identity import (
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
+from blocks.runtime import RUNTIME, Memo
+
 AZURE_PUBLIC_ARM = "https://management.azure.com"
 
 T = TypeVar("T")
-_shared_lock = threading.RLock()  # building a client may build its (shared) credential
-_shared: dict[Hashable, Any] = {}
+_SHARED: Memo[Any] = RUNTIME.memo("sdk-clients")
 
 
 def shared(key: Hashable, build: Callable[[], T]) -> T:
-    """One instance per ``key`` in this process.
+    """One instance per ``key`` in this process (kept in :mod:`blocks.runtime`).
 
     SDK credentials and clients are thread-safe and keep their connections and tokens, so tasks
     reuse them instead of rebuilding them.
     """
-    with _shared_lock:
-        if key not in _shared:
-            _shared[key] = build()
-        return _shared[key]  # type: ignore[no-any-return]
+    return _SHARED.get(key, build)  # type: ignore[no-any-return]
 
 
 class AzureCredentials(Block):

@@ -6,12 +6,10 @@ Idempotent end to end: a second run reads everything and writes nothing (see :mo
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_table_artifact
-from pydantic import BaseModel, ConfigDict
+from prefect import flow
 
+from flows.reports import PkiReport, publish_pki_report
 from flows.runs import FLOW_OPTIONS, mesh_run, required_blocks
 from meshflow.spec import MeshSpec
 from tasks.keyvault import ObjectRef
@@ -25,33 +23,6 @@ from tasks.pki import (
 from tasks.preflight import check_blocks
 
 
-class PkiReport(BaseModel):
-    """References to every PKI object of the mesh: names, versions, expiry; never a key."""
-
-    model_config = ConfigDict(frozen=True)
-    environment: str
-    objects: tuple[ObjectRef, ...]
-
-    @property
-    def written(self) -> list[ObjectRef]:
-        """The objects this run created a new version of."""
-        return [o for o in self.objects if o.written]
-
-    def table(self, now: dt.datetime) -> list[dict[str, object]]:
-        """Rows for the Prefect table artifact."""
-        return [
-            {
-                "object": f"{o.kind} {o.name}",
-                "version": o.version,
-                "written": "new version" if o.written else "unchanged",
-                "subject": o.subject or "",
-                "not_after": o.not_after.date().isoformat() if o.not_after else "",
-                "days_left": (o.not_after - now).days if o.not_after else "",
-            }
-            for o in self.objects
-        ]
-
-
 @flow(name="ensure-mesh-pki", **FLOW_OPTIONS)
 async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
     """Ensure the root CA, each cluster's intermediate and the ingress certificates in Key Vault."""
@@ -61,36 +32,21 @@ async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
 
 
 async def _ensure_pki(spec: MeshSpec) -> PkiReport:
-    kv, root_kv, settings = spec.key_vault_block, spec.root_key_vault_block, spec.pki
-    names = [c.name for c in spec.clusters]
+    pki = spec.pki_store
 
     async def signed_by_root() -> list[ObjectRef]:
         # Key Vault generates the intermediate keys that will be needed while the root is ensured.
         root, _ = await asyncio.gather(
-            ensure_root_ca(kv, names, settings, root_kv),
-            asyncio.gather(*(request_intermediate_ca(kv, n, settings, root_kv) for n in names)),
+            ensure_root_ca(pki, spec.cluster_names),
+            asyncio.gather(*(request_intermediate_ca(pki, c) for c in spec.clusters)),
         )
         intermediates, ingress = await asyncio.gather(
-            asyncio.gather(*(ensure_intermediate_ca(kv, n, settings, root_kv) for n in names)),
-            ensure_ingress_certificate(kv, settings, root_kv),
+            asyncio.gather(*(ensure_intermediate_ca(pki, c) for c in spec.clusters)),
+            ensure_ingress_certificate(pki),
         )
         return [*root, *(ref for refs in intermediates for ref in refs), ingress]
 
-    chain, frontend = await asyncio.gather(
-        signed_by_root(), ensure_frontend_certificate(kv, settings, spec.frontend_pfx_block)
-    )
+    chain, frontend = await asyncio.gather(signed_by_root(), ensure_frontend_certificate(pki))
     report = PkiReport(environment=spec.environment, objects=(*chain, frontend))
     await publish_pki_report(report)
     return report
-
-
-async def publish_pki_report(report: PkiReport) -> None:
-    """The PKI table artifact (``mesh-pki-<env>``) and a one-line log: names and expiry only."""
-    await acreate_table_artifact(
-        report.table(dt.datetime.now(dt.UTC)),
-        key=f"mesh-pki-{report.environment}",
-        description=f"Mesh PKI objects in Key Vault ({report.environment})",
-    )
-    get_run_logger().info(
-        "mesh PKI ensured: %d objects, %d new versions", len(report.objects), len(report.written)
-    )

@@ -53,8 +53,8 @@ class AccessReport(BaseModel):
 
 
 async def _check_cluster(cluster: ClusterSpec) -> ClusterAccessReport:
-    creds = await get_cluster_credentials(cluster.aks_block)
-    names = await list_namespaces(cluster.aks_block)
+    creds = await get_cluster_credentials(cluster)
+    names = await list_namespaces(cluster)
     return ClusterAccessReport(
         cluster=cluster.name, server=creds.server, auth=creds.auth, namespaces=len(names)
     )

@@ -66,6 +66,19 @@ class PkiSettings(_Frozen):
         return self
 
 
+class PkiStore(_Frozen):
+    """Where the mesh PKI lives and how it is made: what every PKI task takes."""
+
+    key_vault_block: BlockName = Field(description="The mesh vault's Meshflow Key Vault block.")
+    root_key_vault_block: BlockName | None = Field(
+        default=None, description="The root key's vault, if not the mesh vault."
+    )
+    frontend_pfx_block: BlockName | None = Field(
+        default=None, description="Prefect Secret block with the App Gateway listener's PFX."
+    )
+    settings: PkiSettings = Field(default_factory=PkiSettings)
+
+
 class ClusterSpec(_Frozen):
     """One cluster of the mesh."""
 
@@ -137,6 +150,21 @@ class MeshSpec(_Frozen):
     def istio_revision(self) -> str:
         """The revision in force (explicit or derived from the version)."""
         return self.revision or self.default_revision
+
+    @property
+    def pki_store(self) -> PkiStore:
+        """Where this mesh's PKI lives (the PKI tasks' input)."""
+        return PkiStore(
+            key_vault_block=self.key_vault_block,
+            root_key_vault_block=self.root_key_vault_block,
+            frontend_pfx_block=self.frontend_pfx_block,
+            settings=self.pki,
+        )
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        """The clusters' names, in the spec's order."""
+        return tuple(c.name for c in self.clusters)
 
     def cluster(self, name: str) -> ClusterSpec:
         """The cluster called ``name``; ``KeyError`` naming the known ones otherwise."""

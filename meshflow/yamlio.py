@@ -1,9 +1,8 @@
 """Reading YAML with libyaml's parser when PyYAML was built with it. Pure, no SDK.
 
-``yaml.safe_load`` always uses PyYAML's pure-Python parser, which is 8-14x slower than libyaml's
-(``CSafeLoader``) for the same result: 2 s against 0.25 s for the Istio CRDs every sandbox
-cluster installs, 3 ms against 0.2 ms for each kubeconfig the remote-secret checks parse. Both
-loaders build the same objects and raise ``yaml.YAMLError`` subclasses for bad input.
+``yaml.safe_load`` always uses PyYAML's pure-Python parser, several times slower than libyaml's
+(``CSafeLoader``) for the same result (``docs/design.md``). Both loaders build the same
+objects and raise ``yaml.YAMLError`` subclasses for bad input.
 Output keeps PyYAML's pure-Python dumpers: rendered text (and the install digests taken of it)
 stays byte for byte what it was.
 """

@@ -11,7 +11,8 @@ ports), recorded in ``cluster.json``: :func:`restart_cluster` runs the processes
 with the same data, certificates, tokens, audit log and ports as :func:`start_cluster` did.
 
 The binaries are built once from Debian's Kubernetes source package by ``sandbox/build-kube.sh``
-(see ``shared/KUBE-LOCAL.md``) and cached under ``$MESHFLOW_CACHE`` (default ``~/.cache/meshflow``).
+(see ``docs/design.md``, "Local control planes") and cached under ``$MESHFLOW_CACHE`` (default
+``~/.cache/meshflow``).
 """
 
 from __future__ import annotations
@@ -222,11 +223,9 @@ def _apiserver_argv(layout: ClusterLayout, bins: Path) -> list[str]:
         f"--audit-policy-file={layout.audit_policy}",
         f"--audit-log-path={layout.audit_log}",
         "--audit-log-format=json",
-        # Reads go to etcd instead of a per-resource watch cache: an idle API server
-        # then uses about 0.045 instead of 0.07 of a core (measured here; the cache's
-        # dispatch loops and timers for ~60 resource types, CRDs included, are the
-        # largest part of an idle server's CPU profile). Four sandbox clusters share 2
-        # cores. Semantics only get stricter: no read is served from a stale cache.
+        # Reads go to etcd instead of a per-resource watch cache: an idle API server uses
+        # markedly less CPU (docs/design.md), and four sandbox clusters share 2 cores.
+        # Semantics only get stricter: no read is served from a stale cache.
         "--watch-cache=false",
     ]
 

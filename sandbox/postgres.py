@@ -1,11 +1,9 @@
 """A PostgreSQL for the sandbox's Prefect server: the sandbox's default database.
 
-Why: Prefect's server opens SQLite transactions as ``DEFERRED``, so when flow runs change state
-while its own event and task-run recorders write, SQLite answers "database is locked" at once,
-the API returns 503 and the client sleeps 2, 4, 8 … seconds. Measured here: four gathered
-sub-flows started up to 6 s apart on SQLite and within 0.1 s on PostgreSQL (see
-``benchmarks/install_parallel.py``). So the sandbox uses PostgreSQL unless told
-``--database sqlite``, as production should.
+Why: on SQLite, Prefect's server answers concurrent flow-run state writes with "database is
+locked" and its client backs off for seconds, so parallel sub-flows start seconds apart
+(``docs/design.md``). So the sandbox uses PostgreSQL unless told ``--database sqlite``, as
+production should.
 
 Debian's ``postgresql`` package provides the binaries. The server runs as the ``postgres`` user
 (it refuses root) with trust authentication on 127.0.0.1 only and ``fsync`` off (a sandbox). Its

@@ -13,25 +13,25 @@ or ``listClusterUserCredential/action`` (user) permission on each cluster.
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from contextlib import AbstractContextManager
 from typing import Any
 
+from prefect.cache_policies import INPUTS, RUN_ID
 from pydantic import BaseModel, ConfigDict
 
 from blocks import AksCluster, load_block
 from blocks import block_name as saved_name
+from blocks.runtime import RUNTIME, Memo
 from meshflow.errors import MeshflowError
 from meshflow.kubeconfig import AKS_AAD_SERVER_APP, ClusterAccess, KubeconfigError, parse_kubeconfig
+from meshflow.spec import ClusterSpec
 from tasks.blocking import blocking_task
 from tasks.sdk_errors import azure_errors
 
 CREDENTIAL_TTL = 30 * 60.0
 """Seconds a fetched credential is reused in this process (Entra tokens last about an hour)."""
 
-_lock = threading.Lock()
-_cache: dict[tuple[str, bool], tuple[float, ClusterAccess]] = {}
+_CREDENTIALS: Memo[ClusterAccess] = RUNTIME.memo("cluster-credentials", ttl=CREDENTIAL_TTL)
 
 
 class AksError(MeshflowError):
@@ -83,44 +83,33 @@ def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
 
 def cluster_access(block_name: str, *, admin: bool = True, refresh: bool = False) -> ClusterAccess:
     """The in-memory credentials of the cluster in AKS block ``block_name``, fetched if needed."""
-    key = (block_name, admin)
-    with _lock:
-        hit = _cache.get(key)
-        if hit and not refresh and time.monotonic() - hit[0] < CREDENTIAL_TTL:
-            return hit[1]
-    block = load_block(AksCluster, block_name)
-    access = _fetch(block, block_name, admin)
-    with _lock:
-        _cache[key] = (time.monotonic(), access)
-    return access
+    return _CREDENTIALS.get(
+        (block_name, admin),
+        lambda: _fetch(load_block(AksCluster, block_name), block_name, admin),
+        fresh=refresh,
+    )
 
 
 def forget_credentials() -> None:
     """Drop every cached credential of this process (tests; after a rotation)."""
-    with _lock:
-        _cache.clear()
+    _CREDENTIALS.forget()
 
 
-def _credentials_ref(aks_block: str, admin: bool = True) -> CredentialRef:
+def credentials_ref(cluster: ClusterSpec, admin: bool = True) -> CredentialRef:
     """Step 01: fetch a cluster's credentials through ARM into this process's memory.
 
     Idempotent (a read). Returns a reference; the credential itself stays in memory (see the
     module docstring). Needs ``listClusterAdminCredential`` (or ``listClusterUserCredential``).
     """
-    block = load_block(AksCluster, aks_block)
-    access = cluster_access(aks_block, admin=admin, refresh=True)
+    block = load_block(AksCluster, cluster.aks_block)
+    access = cluster_access(cluster.aks_block, admin=admin, refresh=True)
     return CredentialRef(
-        aks_block=aks_block,
+        aks_block=cluster.aks_block,
         cluster_name=block.cluster_name,
         server=access.server,
         auth=access.auth,
         admin=admin,
     )
-
-
-get_cluster_credentials = blocking_task(
-    "get-cluster-credentials", task_run_name="get-cluster-credentials-{aks_block}"
-)(_credentials_ref)
 
 
 class ClusterFacts(BaseModel):
@@ -141,14 +130,15 @@ def _addon_client_id(addons: Any, name: str) -> str | None:
     return getattr(identity, "client_id", None)
 
 
-def _cluster_facts(aks_block: str) -> ClusterFacts:
+def cluster_facts(cluster: ClusterSpec) -> ClusterFacts:
     """Read the cluster's ARM resource: FQDN, node resource group, add-on identities.
 
     A read, idempotent. Needs ``Microsoft.ContainerService/managedClusters/read``.
     """
-    block = load_block(AksCluster, aks_block)
+    block = load_block(AksCluster, cluster.aks_block)
     client = block.container_service_client()
-    with _arm_errors(block, aks_block, "Microsoft.ContainerService/managedClusters/read"):
+    read = "Microsoft.ContainerService/managedClusters/read"
+    with _arm_errors(block, cluster.aks_block, read):
         mc = client.managed_clusters.get(block.resource_group, block.cluster_name)
     return ClusterFacts(
         cluster_name=block.cluster_name,
@@ -162,6 +152,13 @@ def _cluster_facts(aks_block: str) -> ClusterFacts:
     )
 
 
+# -- The steps as Prefect tasks --------------------------------------------------------------
+
+get_cluster_credentials = blocking_task(
+    "get-cluster-credentials", task_run_name="get-cluster-credentials-{cluster.name}"
+)(credentials_ref)
 describe_aks_cluster = blocking_task(
-    "describe-aks-cluster", task_run_name="describe-aks-cluster-{aks_block}"
-)(_cluster_facts)
+    "describe-aks-cluster",
+    task_run_name="describe-aks-cluster-{cluster.name}",
+    cache_policy=RUN_ID + INPUTS,
+)(cluster_facts)

@@ -1,22 +1,19 @@
-"""Where tasks run the SDKs' blocking calls: a thread pool sized for waiting, not for cores.
+"""The one way to make a Prefect task of blocking SDK code, and the threads such code runs on.
 
-The Azure and Kubernetes SDKs block; async tasks hand their calls to threads so that clusters
-proceed concurrently. ``asyncio.to_thread`` uses the event loop's default executor, which has
-``min(32, cores + 4)`` threads: 6 on a 2-core runner. Those calls mostly wait on the network
-(an ``istioctl install`` waits minutes for istiod), so with a few clusters every thread was
-taken and the next cluster's credentials, namespaces or install queued behind the others
-(measured: a 10 ms block read took 1.6 s during a 4-cluster install). The threads here cost
-little while they wait; the bound only keeps a very large fleet from opening thousands of
-connections at once.
+The Azure and Kubernetes SDKs block; async tasks hand their calls to a thread pool sized for
+waiting, not for cores (``IO_THREADS``), so clusters proceed concurrently: the event loop's
+default executor has ``min(32, cores + 4)`` threads, which every cluster's waiting calls
+exhaust at once (see ``docs/design.md``). :func:`blocking_task` wraps a function with that
+pool, the retry policy, the error boundary and the result policy, in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as dt
 import functools
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 import urllib3.exceptions
@@ -25,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
+from blocks.runtime import RUNTIME
 from meshflow.errors import MeshflowError
 from meshflow.istioctl import redact
 from tasks.retry import TRANSIENT_RETRIES
@@ -36,8 +34,6 @@ IO_THREADS = 64
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="meshflow-io")
-
 
 async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """``await fn(*args, **kwargs)`` on an I/O thread, in the caller's context (as ``to_thread``).
@@ -45,7 +41,8 @@ async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
     The context carries Prefect's run context, so logs from ``fn`` land in the right task run.
     """
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_pool, call)
+    pool = RUNTIME.pool("io", IO_THREADS)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 # -- The one way to make a Prefect task from blocking SDK code -------------------------------
@@ -80,16 +77,17 @@ def blocking_task(
     *,
     task_run_name: str | None = None,
     cache_policy: CachePolicy = NO_CACHE,
+    cache_expiration: dt.timedelta | None = None,
     retry: bool = True,
 ) -> Callable[[Callable[P, T]], Task[P, Coroutine[Any, Any, T]]]:
     """Make an async Prefect task of a blocking function; the function's docstring is the task's.
 
     The task runs ``fn`` on the I/O pool (:func:`run_blocking`) with the shared retry policy
-    (:mod:`tasks.retry`; ``retry=False`` for steps that must not repeat), the error boundary
-    (:func:`at_boundary`) and results that are not persisted (they are references, and a run
-    reads them in memory); were they persisted, they would be JSON, like the failure Prefect
-    records (type and message only). ``fn`` stays importable and callable as ``task.fn``'s
-    wrapped function for tests.
+    (:mod:`tasks.retry`; ``retry=False`` for steps that must not repeat) and the error boundary
+    (:func:`at_boundary`). Results are not persisted (they are references, read in memory),
+    except where ``cache_policy`` caches them (Prefect reads a cached result back from its
+    storage): those are public facts, stored as JSON. ``docs/tasks.md`` lists every task's
+    retry and cache policy. ``fn`` itself stays importable, for tests and other tasks.
     """
 
     def make(fn: Callable[P, T]) -> Task[P, Coroutine[Any, Any, T]]:
@@ -103,7 +101,8 @@ def blocking_task(
             name=name,
             task_run_name=task_run_name,
             cache_policy=cache_policy,
-            persist_result=False,
+            cache_expiration=cache_expiration,
+            persist_result=cache_policy is not NO_CACHE,
             result_serializer="json",
             **options,
         )

@@ -71,7 +71,7 @@ from meshflow.manifests import (
     ca_certificate_name,
     cert_chain_secret_name,
 )
-from meshflow.spec import PkiSettings
+from meshflow.spec import ClusterSpec, PkiSettings, PkiStore
 from tasks.blocking import blocking_task
 from tasks.keyvault import (
     PEM_CONTENT_TYPE,
@@ -192,8 +192,15 @@ def _vault_signer(vault: KeyVault, key_id: str) -> pki.SignDigest:
     return sign
 
 
-def _root_vault(vault: KeyVault, root_key_vault_block: str | None) -> KeyVault:
-    return load_block(KeyVault, root_key_vault_block) if root_key_vault_block else vault
+def _mesh_vault(store: PkiStore) -> KeyVault:
+    return load_block(KeyVault, store.key_vault_block)
+
+
+def _vaults(store: PkiStore) -> tuple[KeyVault, KeyVault]:
+    """The mesh vault, and the root key's vault (the same one unless the store names another)."""
+    vault = _mesh_vault(store)
+    root = load_block(KeyVault, store.root_key_vault_block) if store.root_key_vault_block else vault
+    return vault, root
 
 
 _Versions = list[tuple[str, dt.datetime]]  # (version, created), enabled ones only
@@ -328,13 +335,13 @@ def _published_root_keys(secrets: SecretClient) -> frozenset[bytes]:
     return frozenset(_spki(c.public_key()) for c in pki.load_pem_chain(value.encode()))
 
 
-def current_root(vault: KeyVault, root_key_vault_block: str | None) -> MeshRoot | None:
+def current_root(store: PkiStore) -> MeshRoot | None:
     """The mesh root as the ensure step left it: read only, usually two Key Vault calls.
 
     An exportable root's latest version, or (after a split was repaired) its enabled one;
     else the root key whose certificate ``istio-root-ca-cert`` records; else None.
     """
-    root_vault = _root_vault(vault, root_key_vault_block)
+    _, root_vault = _vaults(store)
     with vault_clients(root_vault) as (secrets, certs):
         stored = get_certificate(certs, ROOT_CA)
         if stored is not None and stored.properties is not None and not stored.properties.enabled:
@@ -357,10 +364,10 @@ def current_root(vault: KeyVault, root_key_vault_block: str | None) -> MeshRoot 
                     version=version, key_id=key_id)  # fmt: skip
 
 
-def _require_root(vault: KeyVault, root_key_vault_block: str | None) -> MeshRoot:
-    root = current_root(vault, root_key_vault_block)
+def _require_root(store: PkiStore) -> MeshRoot:
+    root = current_root(store)
     if root is None:
-        where = _root_vault(vault, root_key_vault_block).vault_name
+        where = _vaults(store)[1].vault_name
         raise RootCaError(
             f"Key Vault {where!r} has no mesh root CA yet; run `meshflow pki ensure` (or the "
             "install) first: its ensure-root-ca step creates it",
@@ -435,12 +442,7 @@ def _create_root_key(root_vault: KeyVault, settings: PkiSettings) -> str:
     return str(key.properties.version)
 
 
-def ensure_root(
-    key_vault_block: str,
-    clusters: Sequence[str],
-    settings: PkiSettings,
-    root_key_vault_block: str | None = None,
-) -> list[ObjectRef]:
+def ensure_root(store: PkiStore, clusters: Sequence[str]) -> list[ObjectRef]:
     """Steps 02-03: reuse the mesh root CA, or create it when no trace of a mesh exists yet.
 
     Idempotent, and safe against concurrent runs (see the module docstring): whatever their
@@ -452,8 +454,7 @@ def ensure_root(
             root would split the mesh's trust), ``root-cert`` holds a foreign root, or the root
             certificate is unusable. Nothing is overwritten in any of these cases.
     """
-    vault = load_block(KeyVault, key_vault_block)
-    root_vault = _root_vault(vault, root_key_vault_block)
+    (vault, root_vault), settings = _vaults(store), store.settings
     with vault_clients(vault) as (secrets, _):
         published = _published_root_keys(secrets)
     election = _elect(root_vault, settings, published)
@@ -613,12 +614,7 @@ def _ensure_chain(
     )  # fmt: skip
 
 
-def ensure_intermediate(
-    key_vault_block: str,
-    cluster: str,
-    settings: PkiSettings,
-    root_key_vault_block: str | None = None,
-) -> list[ObjectRef]:
+def ensure_intermediate(store: PkiStore, cluster: ClusterSpec) -> list[ObjectRef]:
     """Steps 02-03 for one cluster: ``<cluster>-ca-cert`` and ``<cluster>-cert-chain``.
 
     Reissues the intermediate when it is absent, signed by another root, or within
@@ -629,10 +625,10 @@ def ensure_intermediate(
     Raises:
         RootCaError: there is no root yet (run the root step first).
     """
-    vault = load_block(KeyVault, key_vault_block)
-    root = _require_root(vault, root_key_vault_block)
+    vault, settings, cluster_name = _mesh_vault(store), store.settings, cluster.name
+    root = _require_root(store)
     now = _now()
-    name = ca_certificate_name(cluster)
+    name = ca_certificate_name(cluster_name)
     with vault_clients(vault) as (secrets, certs):
         stored = get_certificate(certs, name)
         if stored is not None and not _intermediate_due(stored, root.cert, now, settings):
@@ -640,17 +636,18 @@ def ensure_intermediate(
         else:
             issuer = root.issuer()
             cert = _issue_new_version(
-                vault, certs, name, pki.intermediate_ca_subject(cluster), settings.ca_key_size,
+                vault, certs, name, pki.intermediate_ca_subject(cluster_name),
+                settings.ca_key_size,
                 lambda key: pki.issue_intermediate_ca(
-                    issuer, key, cluster=cluster, now=now, key_size=settings.ca_key_size,
+                    issuer, key, cluster=cluster_name, now=now, key_size=settings.ca_key_size,
                     days=settings.intermediate_days,
                 ),
                 lambda c: _reissue_reason(c, root.cert, now, settings) is None,
-                TAGS | {"cluster": cluster},
+                TAGS | {"cluster": cluster_name},
             )  # fmt: skip
             latest = get_certificate(certs, name)
             ca = public_cert(latest) if latest is not None else root.cert
-        chain_ref = _ensure_chain(secrets, certs, cluster, ca, root.cert)
+        chain_ref = _ensure_chain(secrets, certs, cluster_name, ca, root.cert)
     return [cert, chain_ref]
 
 
@@ -664,12 +661,7 @@ class IntermediateRequest(BaseModel):
     reason: str
 
 
-def request_intermediate(
-    key_vault_block: str,
-    cluster: str,
-    settings: PkiSettings,
-    root_key_vault_block: str | None = None,
-) -> IntermediateRequest:
+def request_intermediate(store: PkiStore, cluster: ClusterSpec) -> IntermediateRequest:
     """Start Key Vault generating ``cluster``'s next intermediate key, if one will be needed.
 
     Key generation (RSA 4096: up to a second) needs no root, so it can run while the root is
@@ -678,9 +670,9 @@ def request_intermediate(
     intermediate exists (the root step refuses that mesh). Idempotent: a pending request is
     reused.
     """
-    vault = load_block(KeyVault, key_vault_block)
-    name = ca_certificate_name(cluster)
-    root = current_root(vault, root_key_vault_block)
+    vault, settings = _mesh_vault(store), store.settings
+    name = ca_certificate_name(cluster.name)
+    root = current_root(store)
     with vault_clients(vault) as (_, certs):
         stored = get_certificate(certs, name)
         if root is None:
@@ -688,26 +680,23 @@ def request_intermediate(
         else:
             reason = _intermediate_due(stored, root.cert, _now(), settings)
         if reason is not None:
-            _csr(vault, certs, name, pki.intermediate_ca_subject(cluster), settings.ca_key_size)
+            subject = pki.intermediate_ca_subject(cluster.name)
+            _csr(vault, certs, name, subject, settings.ca_key_size)
     return IntermediateRequest(
-        cluster=cluster, certificate=name, requested=reason is not None, reason=reason or "current"
-    )
+        cluster=cluster.name, certificate=name, requested=reason is not None,
+        reason=reason or "current",
+    )  # fmt: skip
 
 
-def ensure_ingress_leaf(
-    key_vault_block: str,
-    settings: PkiSettings,
-    root_key_vault_block: str | None = None,
-    host: str = pki.ECHOSERVER_HOST,
-) -> ObjectRef:
+def ensure_ingress_leaf(store: PkiStore, host: str = pki.ECHOSERVER_HOST) -> ObjectRef:
     """Step 19: certificate ``echoserver``, the ingress backend leaf signed by the root.
 
     Its key is generated by Key Vault (exportable: the CSI driver mounts it into the ingress
     gateway); the root signs the CSR's key. Idempotent. Needs certificate get/create/update,
     and sign on the root key.
     """
-    vault = load_block(KeyVault, key_vault_block)
-    root = _require_root(vault, root_key_vault_block)
+    vault, settings = _mesh_vault(store), store.settings
+    root = _require_root(store)
     now = _now()
 
     def current(cert: x509.Certificate) -> bool:
@@ -729,19 +718,15 @@ def ensure_ingress_leaf(
         )  # fmt: skip
 
 
-def ensure_frontend(
-    key_vault_block: str,
-    settings: PkiSettings,
-    pfx_secret_block: str | None = None,
-) -> ObjectRef:
+def ensure_frontend(store: PkiStore) -> ObjectRef:
     """Step 16: certificate ``frontend-certificate`` for the App Gateway listener.
 
-    Without ``pfx_secret_block``: created by Key Vault with its default self-signed policy when
-    absent or expiring. With it: the PFX (base64, no password) in that Prefect Secret block is
-    imported unless Key Vault already holds the same certificate. Idempotent; a creation that
-    another run started is waited for, not repeated.
+    Without ``store.frontend_pfx_block``: created by Key Vault with its default self-signed
+    policy when absent or expiring. With it: the PFX (base64, no password) in that Prefect
+    Secret block is imported unless Key Vault already holds the same certificate. Idempotent;
+    a creation that another run started is waited for, not repeated.
     """
-    vault = load_block(KeyVault, key_vault_block)
+    vault, settings, pfx_secret_block = _mesh_vault(store), store.settings, store.frontend_pfx_block
     now = _now()
     with vault_clients(vault) as (_, certs):
         stored = get_certificate(certs, FRONTEND_CERT)
@@ -792,10 +777,10 @@ def _wait_for_creation(certs: CertificateClient, name: str, timeout: float = 60.
 
 ensure_root_ca = blocking_task("ensure-root-ca")(ensure_root)
 ensure_intermediate_ca = blocking_task(
-    "ensure-intermediate-ca", task_run_name="ensure-intermediate-ca-{cluster}"
+    "ensure-intermediate-ca", task_run_name="ensure-intermediate-ca-{cluster.name}"
 )(ensure_intermediate)
 request_intermediate_ca = blocking_task(
-    "request-intermediate-ca", task_run_name="request-intermediate-ca-{cluster}"
+    "request-intermediate-ca", task_run_name="request-intermediate-ca-{cluster.name}"
 )(request_intermediate)
 ensure_ingress_certificate = blocking_task("ensure-ingress-certificate")(ensure_ingress_leaf)
 ensure_frontend_certificate = blocking_task("ensure-frontend-certificate")(ensure_frontend)

@@ -41,7 +41,7 @@ def run_cli(tmp_path: Path, prefect_server: PrefectServer) -> Any:
             "XDG_STATE_HOME": str(tmp_path / "state"),
         }
         return subprocess.run(
-            [sys.executable, "-m", "meshflow", *args],
+            [sys.executable, "-m", "cli", *args],
             env=env, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
 

@@ -37,7 +37,8 @@ from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
 from tasks.keyvault import public_cert
-from tasks.kube import api_client_for, check_from, request_json
+from tasks.kube import check_from
+from tasks.kube_client import api_client_for, request_json
 from tasks.pki import ROOT_CERT_OBJECT, ROOT_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,9 +127,8 @@ def test_a_reader_that_lost_its_rights_is_reported_and_repaired(
     )
     binding = f"istio-reader-clusterrole-{mesh_env.istio_revision}-istio-system"
     rbac.delete_cluster_role_binding(binding)
-    target = mesh_env.cluster(bravo.name)
     forget_credentials()
-    (denied,) = check_from(alpha.name, [(target.aks_block, bravo.name)])
+    (denied,) = check_from(mesh_env.cluster(alpha.name), [mesh_env.cluster(bravo.name)])
     assert denied.reachable
     assert not denied.read_ok
     assert len(denied.missing) == 16  # list and watch on each of the 8 resources istiod reads
@@ -370,8 +370,8 @@ def test_identical_copies_of_a_remote_secret_are_reviewed_once(
         return real(api, verb, group, resource)
 
     monkeypatch.setattr(tasks.kube, "_access_review", counted)
-    targets = [(c.aks_block, c.name) for c in spec.clusters if c.name != "one"]
-    access = check_from("one", targets)
+    targets = [c for c in spec.clusters if c.name != "one"]
+    access = check_from(spec.cluster("one"), targets)
     assert [a.target for a in access] == ["two", "three", "four"]
     assert all(a.read_ok for a in access)
     assert reviews == [clusters[0].api_url] * 16  # one kubeconfig, reviewed once
@@ -385,7 +385,7 @@ def test_identical_copies_of_a_remote_secret_are_reviewed_once(
     )
     reviews.clear()
     forget_credentials()
-    assert all(a.read_ok for a in check_from("one", targets))
+    assert all(a.read_ok for a in check_from(spec.cluster("one"), targets))
     assert len(reviews) == 32
     _run(spec)  # the exchange writes the one kubeconfig back
 

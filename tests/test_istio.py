@@ -26,7 +26,7 @@ from kubernetes import client, config
 from meshflow import istioctl as rel
 from sandbox import ISTIOCTL_STANDIN, kube
 from sandbox import istioctl_standin as standin
-from tasks import istio
+from tasks import istioctl_binary as istio
 from tasks.retry import is_transient
 
 REPO = Path(__file__).resolve().parent.parent

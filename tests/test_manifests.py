@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from meshflow import istioctl as rel
 from meshflow import manifests as m
 from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
 from meshflow.manifests.install import ISTIOD_CA_VOLUME, OPERATOR_FILES
@@ -53,6 +54,12 @@ KV = {
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
+def object_key(obj: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """``(apiVersion, kind, namespace, name)`` of a manifest (namespace None: cluster-wide)."""
+    meta = obj["metadata"]
+    return (str(obj["apiVersion"]), str(obj["kind"]), meta.get("namespace"), str(meta["name"]))
+
+
 def _kubeconfig(cluster: str = "alpha", *, token: str | None = None) -> str:
     return token_kubeconfig(
         cluster_name=cluster, server="https://10.52.0.4:443", ca_pem=CA_PEM, token=token or "t"
@@ -80,7 +87,7 @@ def _objects_entries(spc: dict[str, Any]) -> list[dict[str, str]]:
 )
 def test_namespaces(build: Callable[[], dict[str, Any]], name: str, labels: Any) -> None:
     ns = build()
-    assert m.object_key(ns) == ("v1", "Namespace", None, name)
+    assert object_key(ns) == ("v1", "Namespace", None, name)
     assert ns["metadata"].get("labels") == labels
 
 
@@ -89,7 +96,7 @@ def test_namespaces(build: Callable[[], dict[str, Any]], name: str, labels: Any)
 
 def test_istiod_secret_provider_class_matches_step_04() -> None:
     spc = m.secret_provider_class(cluster="alpha", **KV)
-    assert m.object_key(spc) == (
+    assert object_key(spc) == (
         "secrets-store.csi.x-k8s.io/v1",
         "SecretProviderClass",
         "istio-system",
@@ -126,7 +133,7 @@ def test_objects_text_is_the_documented_block_layout() -> None:
 
 def test_ingress_secret_provider_class_matches_step_20() -> None:
     spc = m.ingress_secret_provider_class(**KV)
-    assert m.object_key(spc)[2:] == ("istio-ingress", "istio-tls")
+    assert object_key(spc)[2:] == ("istio-ingress", "istio-tls")
     assert _objects_entries(spc) == [
         {"objectName": "echoserver", "objectType": "secret", "objectAlias": "ca-key.pem"},
         {"objectName": "echoserver", "objectType": "cert", "objectAlias": "ca-cert.pem"},
@@ -292,18 +299,20 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_istioctl_install_args() -> None:
-    assert m.istioctl_install_args(SPEC, ["run/mesh.yaml", "run/istiod.yaml"]) == [
-        "install", "-y", "--set", "profile=minimal", "--revision", "1-27-3",
+def test_istioctl_install_flags_and_argv() -> None:
+    flags = m.istioctl_install_flags(SPEC)
+    assert rel.install_argv("istioctl", flags, ["run/mesh.yaml", "run/istiod.yaml"], "/k") == [
+        "istioctl", "install", "-y", "--set", "profile=minimal", "--revision", "1-27-3",
         "--set", "tag=1.27.3", "-f", "run/mesh.yaml", "-f", "run/istiod.yaml",
+        "--kubeconfig", "/k",
     ]  # fmt: skip
     explicit = SPEC.model_copy(update={"revision": "1-27-canary"})
-    assert "1-27-canary" in m.istioctl_install_args(explicit, ["x.yaml"])
+    assert "1-27-canary" in m.istioctl_install_flags(explicit)
     assert m.istio_operator(explicit, ALPHA)["spec"]["components"]["pilot"]["k8s"]["overlays"][0][
         "name"
     ] == ("istiod-1-27-canary")
     with pytest.raises(ValueError, match="at least one"):
-        m.istioctl_install_args(SPEC, [])
+        rel.install_argv("istioctl", flags, [], "/k")
 
 
 # Istio's overlay path semantics (operator/pkg/util/path.go + tpath): '.'-separated, a
@@ -395,7 +404,7 @@ def _allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
 
 def test_reader_role_covers_what_a_remote_istiod_reads() -> None:
     role = m.reader_cluster_role(REV)
-    assert m.object_key(role) == (
+    assert object_key(role) == (
         "rbac.authorization.k8s.io/v1",
         "ClusterRole",
         None,
@@ -430,14 +439,14 @@ def test_reader_binding_service_account_and_token_secret() -> None:
             "namespace": "istio-system",
         }
     ]
-    assert m.object_key(m.reader_service_account()) == (
+    assert object_key(m.reader_service_account()) == (
         "v1",
         "ServiceAccount",
         "istio-system",
         "istio-reader-service-account",
     )
     token = m.reader_token_secret()
-    assert m.object_key(token)[2:] == (
+    assert object_key(token)[2:] == (
         "istio-system",
         "istio-reader-service-account-istio-remote-secret-token",
     )
@@ -451,7 +460,7 @@ def test_reader_binding_service_account_and_token_secret() -> None:
 def test_remote_secret_has_istioctls_shape() -> None:
     kubeconfig = _kubeconfig("alpha", token="reader-token")
     secret = m.remote_secret(source_cluster="alpha", kubeconfig=kubeconfig)
-    assert m.object_key(secret) == ("v1", "Secret", "istio-system", "istio-remote-secret-alpha")
+    assert object_key(secret) == ("v1", "Secret", "istio-system", "istio-remote-secret-alpha")
     assert secret["type"] == "Opaque"
     assert secret["metadata"]["labels"] == {"istio/multiCluster": "true"}
     assert secret["metadata"]["annotations"] == {"networking.istio.io/cluster": "alpha"}
@@ -481,7 +490,7 @@ def test_remote_secret_refuses_kubeconfigs_istiod_would_reject() -> None:
 
 def test_echoserver_deployment_and_service() -> None:
     deploy = m.echoserver_deployment()
-    assert m.object_key(deploy) == ("apps/v1", "Deployment", "echoserver", "echoserver")
+    assert object_key(deploy) == ("apps/v1", "Deployment", "echoserver", "echoserver")
     pod = deploy["spec"]["template"]
     assert deploy["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
     assert pod["metadata"]["labels"] == {"run": "echoserver"}
@@ -489,14 +498,14 @@ def test_echoserver_deployment_and_service() -> None:
     assert container["image"] == "gcr.io/google_containers/echoserver:1.10"
     assert container["ports"][0]["containerPort"] == 8080
     svc = m.echoserver_service()
-    assert m.object_key(svc) == ("v1", "Service", "echoserver", "echoserver")
+    assert object_key(svc) == ("v1", "Service", "echoserver", "echoserver")
     assert svc["spec"]["selector"] == {"run": "echoserver"}
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, 8080)]
 
 
 def test_cross_cluster_call_job() -> None:
     job = m.cross_cluster_call_job()
-    assert m.object_key(job) == ("batch/v1", "Job", "echoserver", "echoserver-call")
+    assert object_key(job) == ("batch/v1", "Job", "echoserver", "echoserver-call")
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
     pod = job["spec"]["template"]
@@ -507,7 +516,7 @@ def test_cross_cluster_call_job() -> None:
     assert script.rstrip().endswith("exit $rc")  # the call's status, not the proxy shutdown's
     config_annotation = json.loads(pod["metadata"]["annotations"]["proxy.istio.io/config"])
     assert config_annotation == {"holdApplicationUntilProxyStarts": True}
-    assert m.object_key(m.cross_cluster_call_job(name="call-2"))[3] == "call-2"
+    assert object_key(m.cross_cluster_call_job(name="call-2"))[3] == "call-2"
 
 
 # --------------------------------------------------------------------------- bundles, determinism
@@ -515,23 +524,23 @@ def test_cross_cluster_call_job() -> None:
 
 def test_pre_and_post_install_order() -> None:
     pre = m.pre_install_manifests(SPEC, ALPHA, **KV)
-    assert [m.object_key(o)[1:] for o in pre] == [
+    assert [object_key(o)[1:] for o in pre] == [
         ("Namespace", None, "istio-system"),
         ("Namespace", None, "istio-ingress"),
         ("SecretProviderClass", "istio-system", "istio-tls"),
     ]
-    kinds = [m.object_key(o)[1] for o in m.post_install_manifests(SPEC, ALPHA)]
+    kinds = [object_key(o)[1] for o in m.post_install_manifests(SPEC, ALPHA)]
     assert kinds == [
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
         "Namespace", "Service", "Deployment",
     ]  # fmt: skip
-    assert "Deployment" not in [m.object_key(o)[1] for o in m.post_install_manifests(SPEC, BRAVO)]
-    assert m.cluster_manifests(SPEC, ALPHA, **KV) == pre + m.post_install_manifests(SPEC, ALPHA)
+    assert "Deployment" not in [object_key(o)[1] for o in m.post_install_manifests(SPEC, BRAVO)]
 
 
 def _everything(cluster: ClusterSpec) -> list[dict[str, Any]]:
     return [
-        *m.cluster_manifests(SPEC, cluster, **KV),
+        *m.pre_install_manifests(SPEC, cluster, **KV),
+        *m.post_install_manifests(SPEC, cluster),
         m.ingress_secret_provider_class(**KV),
         m.cross_cluster_call_job(),
         m.remote_secret(source_cluster=cluster.name, kubeconfig=_kubeconfig(cluster.name)),
@@ -653,8 +662,8 @@ def _accept(api: client.ApiClient, obj: dict[str, Any], namespace: str) -> None:
         # A fixed cluster-scoped name another test already created: validate a twin instead.
         candidate = _renamed(candidate)
         status, kept = _create(api, candidate, dry_run=True)
-    assert status == 201, m.object_key(obj)
-    _assert_kept(_without_1_20_alpha_fields(candidate), kept, "/".join(map(str, m.object_key(obj))))
+    assert status == 201, object_key(obj)
+    _assert_kept(_without_1_20_alpha_fields(candidate), kept, "/".join(map(str, object_key(obj))))
 
 
 @pytest.mark.kube

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from blocks import KeyVault, load_block
 from meshflow import pki
 from meshflow.manifests import ca_certificate_name, cert_chain_secret_name
-from meshflow.spec import MeshSpec, PkiSettings
+from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings, PkiStore
 from sandbox.azure import AzureEmulator
 from tasks import pki as tpki
 from tasks.keyvault import import_cert_key, public_cert
@@ -51,6 +51,14 @@ def fresh(mesh_env: MeshSpec, emulator: AzureEmulator) -> Iterator[str]:
     yield mesh_env.key_vault_block
     emulator.record_bodies(False)
     _scrub(emulator)
+
+
+def _store(block: str) -> PkiStore:
+    return PkiStore(key_vault_block=block, settings=SMALL)
+
+
+def _c(name: str) -> ClusterSpec:
+    return ClusterSpec(name=name, aks_block=name)  # the PKI steps need only the name
 
 
 def _vault(block: str) -> KeyVault:
@@ -99,7 +107,7 @@ def _together(calls: list[Callable[[], T]]) -> list[T]:
 def test_a_new_root_is_a_non_exportable_vault_key_that_signs_its_own_certificate(
     fresh: str, emulator: AzureEmulator
 ) -> None:
-    refs = tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+    refs = tpki.ensure_root(_store(fresh), CLUSTERS)
     assert [r.name for r in refs] == [tpki.ROOT_KEY, "root-cert"]
     assert all(r.written for r in refs)
     key = _vault(fresh).key_client().get_key(tpki.ROOT_KEY)
@@ -114,13 +122,13 @@ def test_a_new_root_is_a_non_exportable_vault_key_that_signs_its_own_certificate
         for body in (entry.get("request_body") or "", entry.get("response_body") or ""):
             assert "PRIVATE KEY" not in body, entry["path"]
             assert '"d":' not in body.replace(" ", ""), entry["path"]  # a JWK's private part
-    assert tpki.ensure_root(fresh, list(CLUSTERS), SMALL)[0].written is False
+    assert tpki.ensure_root(_store(fresh), CLUSTERS)[0].written is False
 
 
 def test_what_the_vault_root_signs_verifies_with_openssl(fresh: str, tmp_path: Path) -> None:
-    tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
-    tpki.ensure_intermediate(fresh, CLUSTERS[0], SMALL)
-    tpki.ensure_ingress_leaf(fresh, SMALL)
+    tpki.ensure_root(_store(fresh), CLUSTERS)
+    tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))
+    tpki.ensure_ingress_leaf(_store(fresh))
     vault = _vault(fresh)
     secrets, certs = vault.secret_client(), vault.certificate_client()
     (tmp_path / "root.pem").write_text(secrets.get_secret("root-cert").value or "")
@@ -146,7 +154,7 @@ def test_what_the_vault_root_signs_verifies_with_openssl(fresh: str, tmp_path: P
 def test_two_runs_at_the_same_moment_make_one_root_and_agreeing_intermediates(
     fresh: str, round_: int
 ) -> None:
-    first, second = _together([lambda: tpki.ensure_root(fresh, list(CLUSTERS), SMALL)] * 2)
+    first, second = _together([lambda: tpki.ensure_root(_store(fresh), CLUSTERS)] * 2)
     assert first[0].version == second[0].version  # both use the same root key version
     assert _enabled_root_versions(fresh) == [first[0].version]  # a loser was disabled
     roots = _published_roots(fresh)
@@ -154,7 +162,11 @@ def test_two_runs_at_the_same_moment_make_one_root_and_agreeing_intermediates(
     # Each cluster's intermediate, ensured by both runs at once: the chain stored is the chain
     # of the certificate stored, under the one root.
     _together(
-        [lambda c=c: tpki.ensure_intermediate(fresh, c, SMALL) for c in CLUSTERS for _ in (1, 2)]
+        [
+            lambda c=c: tpki.ensure_intermediate(_store(fresh), _c(c))
+            for c in CLUSTERS
+            for _ in (1, 2)
+        ]
     )
     vault = _vault(fresh)
     for c in CLUSTERS:
@@ -190,7 +202,7 @@ def test_a_split_vault_converges_on_one_root_without_a_third(
     signer = roots["newer"].public_bytes(Encoding.PEM).decode()
     secrets.set_secret(tpki.ROOT_CERT_OBJECT, signer, tags={tpki.KEY_VERSION_TAG: newer})
     secrets.set_secret("root-cert", signer)
-    tpki.ensure_intermediate(fresh, CLUSTERS[0], SMALL)
+    tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))
     stale = vault.certificate_client().get_certificate(ca_certificate_name(CLUSTERS[0]))
     assert pki.signed_by(public_cert(stale), roots["newer"])
     if published == "neither":
@@ -198,7 +210,7 @@ def test_a_split_vault_converges_on_one_root_without_a_third(
     else:
         secrets.set_secret("root-cert", roots[published].public_bytes(Encoding.PEM).decode())
 
-    refs = tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+    refs = tpki.ensure_root(_store(fresh), CLUSTERS)
     # The root the clusters already trust wins; with none published, the older one.
     winner = {"older": older, "newer": newer, "neither": older}[published]
     assert refs[0].version == winner
@@ -207,7 +219,7 @@ def test_a_split_vault_converges_on_one_root_without_a_third(
     assert _published_roots(fresh) == [roots["newer" if winner == newer else "older"]]
     # An intermediate signed by the root that lost is reissued under the winner, and the
     # version it replaces stays readable in Key Vault.
-    written = tpki.ensure_intermediate(fresh, CLUSTERS[0], SMALL)
+    written = tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))
     assert written[0].written is (winner == older)
     ca = public_cert(vault.certificate_client().get_certificate(ca_certificate_name(CLUSTERS[0])))
     assert pki.signed_by(ca, _published_roots(fresh)[0])
@@ -215,7 +227,7 @@ def test_a_split_vault_converges_on_one_root_without_a_third(
         ca_certificate_name(CLUSTERS[0]), str(stale.properties.version)
     )
     assert kept.cer == stale.cer
-    assert tpki.ensure_root(fresh, list(CLUSTERS), SMALL)[0].written is False  # converged
+    assert tpki.ensure_root(_store(fresh), CLUSTERS)[0].written is False  # converged
 
 
 def test_an_exportable_root_of_an_older_mesh_keeps_signing_and_a_split_one_converges(
@@ -225,36 +237,36 @@ def test_an_exportable_root_of_an_older_mesh_keeps_signing_and_a_split_one_conve
     certs = vault.certificate_client()
     first = pki.generate_root_ca(now=tpki._now(), key_size=2048)
     import_cert_key(certs, tpki.ROOT_CA, first, tags={}, pem=True)
-    refs = tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+    refs = tpki.ensure_root(_store(fresh), CLUSTERS)
     assert refs[0].kind == "certificate"
     assert refs[0].name == tpki.ROOT_CA
     assert _published_roots(fresh) == [first.cert]
-    tpki.ensure_intermediate(fresh, CLUSTERS[0], SMALL)
+    tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))
     ca = public_cert(certs.get_certificate(ca_certificate_name(CLUSTERS[0])))
     assert pki.signed_by(ca, first.cert)
     # Two concurrent runs of the old design imported a second root; root-cert holds the first.
     second = pki.generate_root_ca(now=tpki._now(), key_size=2048)
     import_cert_key(certs, tpki.ROOT_CA, second, tags={}, pem=True)
-    tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+    tpki.ensure_root(_store(fresh), CLUSTERS)
     versions = list(certs.list_properties_of_certificate_versions(tpki.ROOT_CA))
     assert sorted(bool(v.enabled) for v in versions) == [False, True]  # the later one disabled
     assert _published_roots(fresh) == [first.cert]
-    assert tpki.ensure_intermediate(fresh, CLUSTERS[0], SMALL)[0].written is False
+    assert tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))[0].written is False
     foreign = pki.generate_root_ca(now=tpki._now(), key_size=2048).cert
     vault.secret_client().set_secret("root-cert", foreign.public_bytes(Encoding.PEM).decode())
     with pytest.raises(tpki.RootCaError, match="nor a root that lost"):
-        tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+        tpki.ensure_root(_store(fresh), CLUSTERS)
 
 
 def test_no_request_of_a_fresh_install_carries_key_material(
     fresh: str, emulator: AzureEmulator
 ) -> None:
-    tpki.ensure_root(fresh, list(CLUSTERS), SMALL)
+    tpki.ensure_root(_store(fresh), CLUSTERS)
     for c in CLUSTERS:
-        tpki.request_intermediate(fresh, c, SMALL)
-        tpki.ensure_intermediate(fresh, c, SMALL)
-    tpki.ensure_ingress_leaf(fresh, SMALL)
-    tpki.ensure_frontend(fresh, SMALL)
+        tpki.request_intermediate(_store(fresh), _c(c))
+        tpki.ensure_intermediate(_store(fresh), _c(c))
+    tpki.ensure_ingress_leaf(_store(fresh))
+    tpki.ensure_frontend(_store(fresh))
     bodies = [
         (e["method"], e["path"], b)
         for e in emulator.requests_log()

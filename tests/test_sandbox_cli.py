@@ -16,7 +16,7 @@ from sandbox.stack import Sandbox
 
 def _meshflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "meshflow", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 

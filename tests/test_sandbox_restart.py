@@ -40,7 +40,7 @@ class Cli:
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "meshflow", *args],
+            [sys.executable, "-m", "cli", *args],
             env=self.env, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 Pure and deterministic: the same input gives the same objects, with no SDK, no clock and no
 I/O, so flows can diff, log and apply them and tests can check them as tables. Names and fields
-follow ``shared/SYSTEM.md`` and the Istio sources each module cites.
+follow ``docs/runbook.md`` and the Istio sources each module cites.
 """
 
 from meshflow.manifests._meta import (
@@ -11,11 +11,9 @@ from meshflow.manifests._meta import (
     ISTIO_NAMESPACE,
     REVISION_LABEL,
     Manifest,
-    object_key,
     to_yaml,
 )
 from meshflow.manifests.bundles import (
-    cluster_manifests,
     post_install_manifests,
     pre_install_manifests,
 )
@@ -26,7 +24,6 @@ from meshflow.manifests.install import (
     istio_operator,
     istio_operator_documents,
     istio_operator_files,
-    istioctl_install_args,
     istioctl_install_flags,
     istiod_deployment_name,
 )
@@ -89,7 +86,6 @@ __all__ = [
     "aks_node_affinity",
     "ca_certificate_name",
     "cert_chain_secret_name",
-    "cluster_manifests",
     "cross_cluster_call_job",
     "echoserver_deployment",
     "echoserver_namespace",
@@ -100,11 +96,9 @@ __all__ = [
     "istio_operator_documents",
     "istio_operator_files",
     "istio_system_namespace",
-    "istioctl_install_args",
     "istioctl_install_flags",
     "istiod_deployment_name",
     "keyvault_objects_parameter",
-    "object_key",
     "post_install_manifests",
     "pre_install_manifests",
     "reader_cluster_role",

@@ -34,18 +34,6 @@ def metadata(
     return meta
 
 
-def object_key(obj: Manifest) -> tuple[str, str, str | None, str]:
-    """``(apiVersion, kind, namespace, name)`` of a manifest, for logs and diffs.
-
-    ``namespace`` is ``None`` for cluster-scoped objects.
-
-    Raises:
-        KeyError: ``obj`` lacks ``apiVersion``, ``kind`` or ``metadata.name``.
-    """
-    meta = obj["metadata"]
-    return (str(obj["apiVersion"]), str(obj["kind"]), meta.get("namespace"), str(meta["name"]))
-
-
 def require(value: str, what: str) -> str:
     """``value`` if it is a non-blank string; ``ValueError`` naming ``what`` otherwise."""
     if not value or not value.strip():

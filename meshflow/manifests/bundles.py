@@ -66,22 +66,3 @@ def post_install_manifests(spec: MeshSpec, cluster: ClusterSpec) -> list[Manifes
     if cluster.sample_workload:
         objects.append(echoserver_deployment())
     return objects
-
-
-def cluster_manifests(
-    spec: MeshSpec,
-    cluster: ClusterSpec,
-    *,
-    keyvault_name: str,
-    tenant_id: str,
-    identity_client_id: str,
-) -> list[Manifest]:
-    """:func:`pre_install_manifests` then :func:`post_install_manifests`, for listing and diffs."""
-    pre = pre_install_manifests(
-        spec,
-        cluster,
-        keyvault_name=keyvault_name,
-        tenant_id=tenant_id,
-        identity_client_id=identity_client_id,
-    )
-    return pre + post_install_manifests(spec, cluster)

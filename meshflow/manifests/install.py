@@ -209,20 +209,3 @@ def istioctl_install_flags(spec: MeshSpec) -> list[str]:
     """Step 07: ``install -y --set profile=minimal --revision <rev> --set tag=<version>``."""
     args = ["install", "-y", "--set", f"profile={PROFILE}", "--revision", spec.istio_revision]
     return [*args, "--set", f"tag={spec.istio_version}"]
-
-
-def istioctl_install_args(spec: MeshSpec, files: list[str]) -> list[str]:
-    """Step 07: the argv after ``istioctl`` (the caller adds ``--kubeconfig``).
-
-    The flags, then ``-f <file>`` per IstioOperator file. ``--set`` outranks the files, so the
-    profile and tag cannot be overridden by a stray file.
-
-    Raises:
-        ValueError: no files.
-    """
-    if not files:
-        raise ValueError("istioctl install needs at least one IstioOperator file")
-    args = istioctl_install_flags(spec)
-    for path in files:
-        args += ["-f", path]
-    return args

@@ -81,9 +81,9 @@ def load_private_key(
     Args:
         key_pem: The PEM bytes.
         password: The passphrase if the PEM is encrypted.
-        trusted: Skip OpenSSL's RSA consistency check (primality of p and q: about 0.25 s of
-            CPU for RSA 4096). Only for keys this project generated and stored itself, whose
-            signatures the caller verifies against the certificate before using them.
+        trusted: Skip OpenSSL's RSA consistency check (primality of p and q; slow for RSA
+            4096, see ``docs/design.md``). Only for keys this project generated and stored
+            itself, whose signatures the caller verifies against the certificate before use.
 
     Returns:
         The private key.

@@ -1,9 +1,10 @@
-"""Nothing secret reaches Prefect: failures forced at every call that carries a secret.
+"""Failures forced where a real deployment meets them, through the flows' real entry points.
 
-Each failure is forced where a real deployment could meet it (at the Azure emulator, or at the
-API server through a fault proxy) and reached through the flows' real entry points. Then
-everything in the Prefect home is decoded (SQLite rows, result files: JSON, base64, pickles)
-and searched for the exact secret values the runs used and for any private key.
+At the Azure emulator, or at a real API server through a fault proxy: transient failures are
+retried by the task and the run completes; a refused write fails the run cleanly, the rest of
+the join still happens and the next run converges; and nothing secret reaches Prefect. At the
+end everything in the Prefect home is decoded (SQLite rows, result files: JSON, base64,
+pickles) and searched for the exact secret values the runs used and for any private key.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 from blocks import AzureCredentials, KeyVault, forget_blocks, load_block
 from flows.install import install_mesh
 from flows.pki import ensure_mesh_pki
+from flows.verify import verify_access
 from meshflow import pki
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import environment as env
@@ -214,6 +216,70 @@ def test_an_api_server_refusing_the_reader_token_or_the_remote_secret_fails_clea
     assert _run(install_mesh, leak.spec).is_completed()  # and it converges afterwards
 
 
+# -- retries and the join, in the real flows ----------------------------------------------------
+
+
+def _task_runs(flow_run_id: Any, prefix: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            flow_run_id])))  # fmt: skip
+    return [t for t in runs if t.name.startswith(prefix)]
+
+
+def test_a_transient_failure_is_retried_and_a_refusal_is_not(leak: Leak) -> None:
+    a = leak.proxies["leak-a"]
+    a.add_fault(r"^/api/v1/namespaces$", method="GET", status=503, times=2)
+    state = _run(verify_access, leak.spec)
+    assert state.is_completed(), state.message
+    (listing,) = _task_runs(state.state_details.flow_run_id, "list-namespaces-leak-a")
+    assert listing.run_count == 3  # failed twice (503: transient), retried, then succeeded
+    assert [s for m, p, s in a.seen if p == "/api/v1/namespaces"][-3:] == [503, 503, 200]
+
+    a.add_fault(r"^/api/v1/namespaces$", method="GET", status=403, times=1)
+    state = _run(verify_access, leak.spec)
+    a.clear_faults()
+    _failed(state, "cluster 'leak-a'", "HTTP 403")
+    (listing,) = _task_runs(state.state_details.flow_run_id, "list-namespaces-leak-a")
+    assert listing.run_count == 1  # a refusal fails at once: retrying would not change it
+
+
+def test_a_refused_remote_secret_is_reported_missing_while_the_rest_of_the_join_happens(
+    leak: Leak,
+) -> None:
+    assert _run(install_mesh, leak.spec).is_completed()
+    a, b = leak.proxies["leak-a"], leak.proxies["leak-b"]
+    _core(a).delete_namespaced_secret("istio-remote-secret-leak-b", "istio-system")
+    _core(b).delete_namespaced_secret("istio-remote-secret-leak-a", "istio-system")
+    b.add_fault(r"^/api/v1/namespaces/istio-system/secrets$", method="POST", status=403,
+                times=1000)  # fmt: skip
+    try:
+        state = _run(install_mesh, leak.spec)
+    finally:
+        b.clear_faults()
+    _failed(state, "cluster 'leak-b'", "istio-remote-secret-leak-a", "HTTP 403")
+    run_id = state.state_details.flow_run_id
+    # leak-a's exchange failed, yet its secrets were checked (and found missing in leak-b);
+    # the exchange from leak-b into leak-a went ahead.
+    (check,) = _task_runs(run_id, "check-remote-secrets-of-leak-a")
+    assert check.state_type.value == "COMPLETED"
+    secret = _core(a).read_namespaced_secret("istio-remote-secret-leak-b", "istio-system")
+    assert secret.metadata.labels["istio/multiCluster"] == "true"
+    report = asyncio.run(install_mesh(leak.spec))  # the cause gone, the next run converges
+    assert report.ok
+    assert report.readable_into("leak-b") == 1
+
+
+def _core(proxy: KubeFaultProxy) -> Any:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config_dict(yaml.safe_load(proxy.kubeconfig(
+        proxy.cluster.admin_kubeconfig)))  # fmt: skip
+    return client.CoreV1Api(api)
+
+
 # -- the scan --------------------------------------------------------------------------------
 
 
@@ -253,22 +319,14 @@ def test_the_scan_finds_what_the_attack_found(tmp_path: Path) -> None:
 
 
 def _reader_token(proxy: KubeFaultProxy, name: str) -> str:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config_dict(yaml.safe_load(proxy.kubeconfig(
-        proxy.cluster.admin_kubeconfig)))  # fmt: skip
-    secret = client.CoreV1Api(api).read_namespaced_secret(
+    secret = _core(proxy).read_namespaced_secret(
         "istio-reader-service-account-istio-remote-secret-token", "istio-system"
     )
     return base64.b64decode(secret.data["token"]).decode()
 
 
 def _edit_remote_secret(proxy: KubeFaultProxy, source: str) -> None:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config_dict(yaml.safe_load(proxy.kubeconfig(
-        proxy.cluster.admin_kubeconfig)))  # fmt: skip
-    client.CoreV1Api(api).patch_namespaced_secret(
+    _core(proxy).patch_namespaced_secret(
         f"istio-remote-secret-{source}", "istio-system",
         {"data": {source: base64.b64encode(b"edited by hand").decode()}},
     )  # fmt: skip

@@ -320,5 +320,5 @@ def pki_export(
 
 
 def main() -> None:
-    """Entry point for ``python -m meshflow``."""
+    """Entry point for ``python -m cli`` (the ``meshflow`` command)."""
     app()
