@@ -27,6 +27,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
     ("networking.k8s.io/v1", "Ingress"): ("ingresses", True),
     ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"): ("secretproviderclasses", True),
+    ("networking.istio.io/v1", "Gateway"): ("gateways", True),
+    ("networking.istio.io/v1", "VirtualService"): ("virtualservices", True),
     ("networking.istio.io/v1beta1", "Gateway"): ("gateways", True),
     ("networking.istio.io/v1beta1", "VirtualService"): ("virtualservices", True),
     ("install.istio.io/v1alpha1", "IstioOperator"): ("istiooperators", True),

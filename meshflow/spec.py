@@ -27,6 +27,8 @@ from meshflow.istioctl import KNOWN_RELEASES
 
 _DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 DnsLabel = Annotated[
     str,
@@ -64,6 +66,43 @@ class PkiSettings(_Frozen):
                 f"intermediate_days ({self.intermediate_days}), or every run would reissue"
             )
         return self
+
+
+class IngressSettings(_Frozen):
+    """How the ingress clusters are exposed through their App Gateway (steps 12-22)."""
+
+    host_pattern: str = Field(
+        default="{ip}.nip.io",
+        description="Public host name; {ip} is the App Gateway's public IP. nip.io for trying, a "
+        "name of your DNS zone in production.",
+    )
+    https: bool = Field(default=True, description="Go on to HTTPS end to end (steps 16-22).")
+    probe_seconds: float = Field(
+        default=60.0, ge=1, le=600, description="How long a probe retries before it fails."
+    )
+    agic_seconds: float = Field(
+        default=300.0, ge=0, le=3600,
+        description="How long to wait for AGIC to write the App Gateway from the Ingress.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        self.host_for("10.0.0.1")  # ValueError naming the pattern
+        return self
+
+    def host_for(self, ip: str) -> str:
+        """The public host name for ``ip`` (``{ip}.nip.io`` gives ``1.2.3.4.nip.io``).
+
+        Raises:
+            ValueError: the pattern does not give a DNS name.
+        """
+        host = self.host_pattern.replace("{ip}", ip).lower()
+        if not _DNS_NAME.match(host):
+            raise ValueError(
+                f"ingress host_pattern {self.host_pattern!r} gives {host!r}, not a DNS name; use "
+                "e.g. '{ip}.nip.io', or a name of your DNS zone"
+            )
+        return host
 
 
 class PkiStore(_Frozen):
@@ -114,6 +153,7 @@ class MeshSpec(_Frozen):
         "empty: a self-signed certificate from Key Vault's default policy.",
     )
     pki: PkiSettings = Field(default_factory=PkiSettings)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
     clusters: tuple[ClusterSpec, ...] = Field(min_length=1, description="At least one cluster.")
 
     @model_validator(mode="after")
@@ -132,6 +172,13 @@ class MeshSpec(_Frozen):
             raise ValueError(
                 f"istio_version {self.istio_version!r} is not a release meshflow knows "
                 f"(known: {known})"
+            )
+        exposed = [c.name for c in self.clusters if c.ingress]
+        if exposed and not any(c.sample_workload for c in self.clusters):
+            raise ValueError(
+                f"clusters {', '.join(exposed)} have ingress: true, but no cluster runs the sample "
+                "workload the ingress routes to; set sample_workload: true on one cluster, or "
+                "ingress: false"
             )
         minor = f"{version[1]}-{version[2]}"
         if self.revision is not None and not re.match(rf"^{minor}(-|$)", self.revision):
@@ -160,6 +207,15 @@ class MeshSpec(_Frozen):
             frontend_pfx_block=self.frontend_pfx_block,
             settings=self.pki,
         )
+
+    @property
+    def ingress_clusters(self) -> tuple[ClusterSpec, ...]:
+        """The clusters exposed through their App Gateway."""
+        return tuple(c for c in self.clusters if c.ingress)
+
+    def serves_tls(self, cluster: ClusterSpec) -> bool:
+        """Whether ``cluster``'s ingress gateway serves HTTPS (mounts its certificate, step 20)."""
+        return cluster.ingress and self.ingress.https
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from kubernetes import client, config
 from meshflow import istioctl as rel
 from meshflow import manifests as m
 from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
+from meshflow.manifests import ingress as ing
 from meshflow.manifests.install import ISTIOD_CA_VOLUME, OPERATOR_FILES
 from meshflow.spec import ClusterSpec, MeshSpec
 from sandbox import kube
@@ -519,6 +520,79 @@ def test_cross_cluster_call_job() -> None:
     assert object_key(m.cross_cluster_call_job(name="call-2"))[3] == "call-2"
 
 
+# --------------------------------------------------------------------------- ingress (12-21)
+
+
+def test_http_gateway_and_ingress_match_step_12() -> None:
+    gateway, ingress = ing.http_gateway(), ing.http_ingress()
+    assert object_key(gateway) == (
+        "networking.istio.io/v1", "Gateway", "istio-ingress", "istio-ingressgateway"
+    )  # fmt: skip
+    assert gateway["spec"] == {
+        "selector": {"istio": "ingressgateway"},  # the gateway pods' label (step 07)
+        "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+    }
+    assert gateway["spec"]["selector"] == m.INGRESS_GATEWAY_LABELS
+    assert object_key(ingress) == (
+        "networking.k8s.io/v1", "Ingress", "istio-ingress", "istio-ingress-application-gateway"
+    )  # fmt: skip
+    assert "annotations" not in ingress["metadata"]
+    assert ingress["spec"] == {
+        "ingressClassName": "azure-application-gateway",
+        "rules": [{"http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "ingressgateway", "port": {"number": 80}}},
+        }]}}],
+    }  # fmt: skip
+
+
+def test_virtual_service_matches_steps_14_and_21() -> None:
+    vs = ing.virtual_service("10.1.2.3.nip.io")
+    assert object_key(vs) == ("networking.istio.io/v1", "VirtualService", "istio-ingress",
+                              "echoserver")  # fmt: skip
+    assert vs["spec"] == {
+        "hosts": ["10.1.2.3.nip.io"],
+        "gateways": ["istio-ingress/istio-ingressgateway"],
+        "http": [{
+            "match": [{"uri": {"prefix": "/"}}],
+            "route": [{"destination": {"host": "echoserver.echoserver.svc.cluster.local"}}],
+        }],
+    }  # fmt: skip
+    assert ing.virtual_service(ing.ECHOSERVER_HOST)["spec"]["hosts"] == [ing.ECHOSERVER_HOST]
+
+
+def test_tls_gateway_and_ingress_match_step_21() -> None:
+    (server,) = ing.tls_gateway()["spec"]["servers"]
+    assert server == {
+        "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+        "hosts": ["echoserver.echoserver.svc.cluster.local"],
+        "tls": {
+            "mode": "SIMPLE",
+            "serverCertificate": "/etc/istio/ingressgateway-certs/ca-cert.pem",
+            "privateKey": "/etc/istio/ingressgateway-certs/ca-key.pem",
+        },
+    }
+    # The files are the aliases the ingress SecretProviderClass mounts (step 20).
+    spc = m.ingress_secret_provider_class(**KV)
+    aliases = {e["objectAlias"] for e in _objects_entries(spc)}
+    assert {server["tls"]["serverCertificate"].rsplit("/", 1)[1],
+            server["tls"]["privateKey"].rsplit("/", 1)[1]} == aliases  # fmt: skip
+    ingress = ing.tls_ingress()
+    prefix = "appgw.ingress.kubernetes.io/"
+    assert ingress["metadata"]["annotations"] == {
+        f"{prefix}appgw-ssl-certificate": "frontend-certificate",
+        f"{prefix}ssl-redirect": "true",
+        f"{prefix}backend-protocol": "https",
+        f"{prefix}backend-hostname": "echoserver.echoserver.svc.cluster.local",
+        f"{prefix}appgw-trusted-root-certificate": "root-certificate",
+        f"{prefix}health-probe-hostname": "echoserver.echoserver.svc.cluster.local",
+        f"{prefix}health-probe-port": "8443",
+        f"{prefix}health-probe-path": "/",
+    }
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "ingressgateway", "port": {"number": 443}}
+
+
 # --------------------------------------------------------------------------- bundles, determinism
 
 
@@ -528,7 +602,15 @@ def test_pre_and_post_install_order() -> None:
         ("Namespace", None, "istio-system"),
         ("Namespace", None, "istio-ingress"),
         ("SecretProviderClass", "istio-system", "istio-tls"),
+        ("SecretProviderClass", "istio-ingress", "istio-tls"),  # step 20: ALPHA serves HTTPS
     ]
+    assert [object_key(o)[1:] for o in m.pre_install_manifests(SPEC, BRAVO, **KV)] == [
+        object_key(o)[1:] for o in pre[:3]
+    ]
+    http_only = SPEC.model_copy(
+        update={"ingress": SPEC.ingress.model_copy(update={"https": False})}
+    )
+    assert len(m.pre_install_manifests(http_only, ALPHA, **KV)) == 3
     kinds = [object_key(o)[1] for o in m.post_install_manifests(SPEC, ALPHA)]
     assert kinds == [
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
@@ -544,8 +626,16 @@ def _everything(cluster: ClusterSpec) -> list[dict[str, Any]]:
         m.ingress_secret_provider_class(**KV),
         m.cross_cluster_call_job(),
         m.remote_secret(source_cluster=cluster.name, kubeconfig=_kubeconfig(cluster.name)),
+        *_ingress_objects(),
         m.istio_operator(SPEC, cluster, ingress_certificates=True),
     ]
+
+
+def _ingress_objects() -> list[dict[str, Any]]:
+    return [
+        ing.http_gateway(), ing.http_ingress(), ing.virtual_service("10.1.2.3.nip.io"),
+        ing.tls_gateway(), ing.virtual_service(ing.ECHOSERVER_HOST), ing.tls_ingress(),
+    ]  # fmt: skip
 
 
 def test_same_input_same_output_and_no_shared_state() -> None:
@@ -606,6 +696,13 @@ def _create(api: client.ApiClient, obj: dict[str, Any], *, dry_run: bool) -> tup
         "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj, **kw),
         "SecretProviderClass": lambda: custom.create_namespaced_custom_object(
             "secrets-store.csi.x-k8s.io", "v1", ns, "secretproviderclasses", obj, **kw
+        ),
+        "Ingress": lambda: client.NetworkingV1Api(api).create_namespaced_ingress(ns, obj, **kw),
+        "Gateway": lambda: custom.create_namespaced_custom_object(
+            "networking.istio.io", "v1", ns, "gateways", obj, **kw
+        ),
+        "VirtualService": lambda: custom.create_namespaced_custom_object(
+            "networking.istio.io", "v1", ns, "virtualservices", obj, **kw
         ),
     }
     resp = calls[obj["kind"]]()
@@ -670,7 +767,7 @@ def _accept(api: client.ApiClient, obj: dict[str, Any], namespace: str) -> None:
 @pytest.mark.parametrize("cluster", [ALPHA, BRAVO], ids=lambda c: c.name)
 def test_server_accepts_every_object_of_a_cluster(server: Server, cluster: ClusterSpec) -> None:
     objects = [o for o in _everything(cluster) if o["kind"] != "IstioOperator"]
-    assert len(objects) >= 11
+    assert len(objects) >= 17
     for obj in objects:
         _accept(server.api, obj, server.namespace)
 

@@ -47,6 +47,15 @@ def test_a_valid_spec_derives_the_revision() -> None:
         ({"istio_version": "1.27.3", "revision": "1-26-0"}, "does not match istio_version"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
         ({"clusters": [{"name": "one", "aks_block": "a", "color": "red"}]}, "Extra inputs"),
+        (
+            {"clusters": [{"name": "one", "aks_block": "a", "ingress": True}]},
+            "no cluster runs the sample workload the ingress routes to; set sample_workload",
+        ),
+        ({"ingress": {"host_pattern": "{ip}.nip io"}}, "gives '10.0.0.1.nip io', not a DNS name"),
+        ({"ingress": {"host_pattern": "https://{ip}.nip.io"}}, "not a DNS name"),
+        ({"ingress": {"host_pattern": "-{ip}.example.com"}}, "not a DNS name"),
+        ({"ingress": {"probe_seconds": 0}}, "greater than or equal to 1"),
+        ({"ingress": {"agic": 1}}, "Extra inputs"),
     ],
 )
 def test_bad_specs_are_rejected_with_a_clear_message(
@@ -54,6 +63,24 @@ def test_bad_specs_are_rejected_with_a_clear_message(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         MeshSpec.model_validate(_spec(**overrides))
+
+
+def test_ingress_hosts_follow_the_pattern() -> None:
+    default = MeshSpec.model_validate(_spec())
+    assert default.ingress.host_for("20.1.2.3") == "20.1.2.3.nip.io"
+    named = MeshSpec.model_validate(_spec(ingress={"host_pattern": "mesh.Example.com"}))
+    assert named.ingress.host_for("20.1.2.3") == "mesh.example.com"
+    exposed = MeshSpec.model_validate(_spec(clusters=[
+        {"name": "one", "aks_block": "a", "ingress": True},
+        {"name": "two", "aks_block": "b", "sample_workload": True},
+    ]))  # fmt: skip
+    assert [c.name for c in exposed.ingress_clusters] == ["one"]
+    assert exposed.serves_tls(exposed.cluster("one"))
+    assert not exposed.serves_tls(exposed.cluster("two"))
+    http = exposed.model_copy(
+        update={"ingress": exposed.ingress.model_copy(update={"https": False})}
+    )
+    assert not http.serves_tls(http.cluster("one"))
 
 
 def test_explicit_revision_with_a_suffix_is_accepted() -> None:

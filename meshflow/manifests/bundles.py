@@ -15,7 +15,7 @@ from meshflow.manifests.namespaces import (
     istio_system_namespace,
 )
 from meshflow.manifests.sample import echoserver_deployment, echoserver_service
-from meshflow.manifests.secretstore import secret_provider_class
+from meshflow.manifests.secretstore import ingress_secret_provider_class, secret_provider_class
 from meshflow.spec import ClusterSpec, MeshSpec
 
 
@@ -27,24 +27,29 @@ def pre_install_manifests(
     tenant_id: str,
     identity_client_id: str,
 ) -> list[Manifest]:
-    """Steps 04-05, before ``istioctl install``: namespaces, then istiod's SecretProviderClass.
+    """Steps 04-05 (and 20), before ``istioctl install``: namespaces, SecretProviderClasses.
 
     istiod mounts ``cacerts`` from the SPC at start, and only hot-reloads plug-in certs if it
-    started with them, so the SPC must exist first.
+    started with them, so the SPC must exist first. Where the ingress gateway serves HTTPS
+    (:meth:`MeshSpec.serves_tls`), its SPC in ``istio-ingress`` comes too: the gateway is
+    installed with the certificate volume from the start, and step 20 finds nothing to do.
 
     Raises:
         ValueError: an empty Key Vault argument.
     """
-    return [
+    store = {
+        "keyvault_name": keyvault_name,
+        "tenant_id": tenant_id,
+        "identity_client_id": identity_client_id,
+    }
+    objects = [
         istio_system_namespace(),
         ingress_namespace(spec.istio_revision),
-        secret_provider_class(
-            cluster=cluster.name,
-            keyvault_name=keyvault_name,
-            tenant_id=tenant_id,
-            identity_client_id=identity_client_id,
-        ),
+        secret_provider_class(cluster=cluster.name, **store),
     ]
+    if spec.serves_tls(cluster):
+        objects.append(ingress_secret_provider_class(**store))
+    return objects
 
 
 def post_install_manifests(spec: MeshSpec, cluster: ClusterSpec) -> list[Manifest]:
