@@ -6,6 +6,7 @@ from azure.keyvault.certificates import CertificateClient
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure.keyvault.secrets import SecretClient
+from azure.mgmt.keyvault import KeyVaultManagementClient
 from prefect.blocks.core import Block
 from pydantic import Field
 
@@ -24,6 +25,12 @@ class KeyVault(Block):
     )
     tenant_id: str | None = Field(
         default=None, description="Tenant of the vault (for the CSI SPC)."
+    )
+    subscription_id: str | None = Field(
+        default=None, description="The vault's subscription (for access policies: ingress)."
+    )
+    resource_group: str | None = Field(
+        default=None, description="The vault's resource group (for access policies: ingress)."
     )
     hsm_keys: bool = Field(
         default=True,
@@ -71,4 +78,21 @@ class KeyVault(Block):
         return shared(
             ("crypto", key_id, creds.cache_key()),
             lambda: CryptographyClient(key_id, creds.get_credential(), **creds.transport_kwargs()),
+        )
+
+    def management_client(self) -> KeyVaultManagementClient:
+        """The process's ARM client for this vault's resource (access policies).
+
+        Raises:
+            ValueError: the block has no ``subscription_id`` and ``resource_group``.
+        """
+        if not self.subscription_id or not self.resource_group:
+            raise ValueError(
+                f"Key Vault block for {self.vault_name!r} has no subscription_id and "
+                "resource_group; set them (the ingress stage gives the App Gateway access)"
+            )
+        sub, creds = self.subscription_id, self.credentials
+        return shared(
+            ("keyvault-mgmt", sub, creds.cache_key()),
+            lambda: KeyVaultManagementClient(creds.get_credential(), sub, **creds.arm_kwargs()),
         )

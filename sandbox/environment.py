@@ -2,10 +2,17 @@
 
 The blocks are the same types a real environment uses; only their values point at the
 emulator (endpoints, CA bundle) instead of Azure. The emulator serves one vault, whose URL is
-the emulator's own. Its token endpoint knows only registered client applications, so the
-service principal the blocks name is registered with the same secret the blocks hold
-(:func:`wire_environment` does it through the admin API; :func:`client_registration` is the
-same registration as an entry of the emulator process's ``clients`` config).
+the emulator's own; as an ARM resource it is ``VAULT_NAME`` (premium) in ``RESOURCE_GROUP`` of
+``SUBSCRIPTION`` (:data:`VAULT_ID`), where access policies are added to it. Its token endpoint
+knows only registered client applications, so the service principal the blocks name is
+registered with the same secret the blocks hold.
+
+What the emulator must know is registered by :func:`wire_environment` through the admin API,
+or given to the emulator process as its config (each ``*_registration`` function is one
+entry): the client (``clients``), the vault (``vaults``) and the clusters (``clusters``; each
+comes with its App Gateway ``aks-appgw-local`` and that gateway's public IP
+``aks-appgw-local-appgwpip`` in the cluster's node resource group
+``MC_<RESOURCE_GROUP>_<cluster>_<REGION>``, see ``sandbox.azure.arm``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pydantic import SecretStr
 from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks
 from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings
 from sandbox.azure import DEFAULT_TENANT
+from sandbox.azure.arm import resource_id
 from sandbox.kube import LocalCluster
 
 ENVIRONMENT = "sandbox"
@@ -30,12 +38,24 @@ CLIENT_ID = "00000000-0000-0000-0000-0000000c11e7"
 RESOURCE_GROUP = "meshflow-sandbox-rg"
 REGION = "local"
 VAULT_NAME = "meshflow-sandbox-kv"
+VAULT_SKU = "premium"  # the mesh root is an RSA-HSM key (blocks.KeyVault.hsm_keys)
+VAULT_ID = resource_id(SUBSCRIPTION, RESOURCE_GROUP, "Microsoft.KeyVault/vaults", VAULT_NAME)
+"""The sandbox vault's ARM resource id: ``VAULT_NAME`` in ``RESOURCE_GROUP`` of ``SUBSCRIPTION``."""
 
 
 def register_block_types() -> None:
-    """``prefect block register -m blocks``, in-process."""
+    """``prefect block register -m blocks``, in-process; idempotent.
+
+    Prefect reads, then creates: a type another client registered in between is a 409, after
+    which registering again updates it.
+    """
+    from prefect.exceptions import ObjectAlreadyExists
+
     for block in (AzureCredentials, KeyVault, AksCluster):
-        block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+        try:
+            block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+        except ObjectAlreadyExists:
+            block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
 
 
 def _save(block: Block, name: str) -> None:
@@ -84,7 +104,13 @@ def save_environment(
     )
     _save(creds, spec.credentials_block)
     vault = KeyVault(
-        vault_name=VAULT_NAME, vault_url=emulator_url, tenant_id=TENANT, credentials=creds
+        vault_name=VAULT_NAME,
+        vault_url=emulator_url,
+        tenant_id=TENANT,
+        # fields added to blocks.KeyVault: where the vault's ARM resource (access policies) is
+        subscription_id=SUBSCRIPTION,
+        resource_group=RESOURCE_GROUP,
+        credentials=creds,
     )
     _save(vault, spec.key_vault_block)
     for cluster in spec.clusters:
@@ -110,6 +136,10 @@ class Emulator(Protocol):
         self, subscription: str, resource_group: str, name: str, **spec: Any
     ) -> None: ...
 
+    def register_vault(  # noqa: D102
+        self, subscription: str, resource_group: str, name: str, **spec: Any
+    ) -> None: ...
+
     def register_client(self, client_id: str, secret: str) -> None: ...  # noqa: D102
 
 
@@ -120,6 +150,21 @@ def client_registration(secret: str) -> dict[str, str]:
     emulator's token endpoint refuses any other (AADSTS7000215).
     """
     return {"client_id": CLIENT_ID, "secret": secret}
+
+
+def vault_registration() -> dict[str, str]:
+    """The sandbox's Key Vault as an entry of the emulator config's ``vaults`` list.
+
+    Registering it again (every start of the emulator process applies its config) keeps the
+    vault as it is, access policies included.
+    """
+    return {
+        "subscription": SUBSCRIPTION,
+        "resourceGroup": RESOURCE_GROUP,
+        "name": VAULT_NAME,
+        "location": REGION,
+        "sku": VAULT_SKU,
+    }
 
 
 def cluster_registration(cluster: LocalCluster) -> dict[str, Any]:
@@ -143,11 +188,17 @@ def wire_environment(
     environment: str = ENVIRONMENT,
     pki: PkiSettings | None = None,
 ) -> MeshSpec:
-    """Register ``clusters`` and a new client secret with ``emulator``, save the blocks; the spec.
+    """Register ``clusters``, the vault and a new client secret with ``emulator``, save the blocks.
 
-    The secret is added to the sandbox's service principal (earlier environments' secrets stay
+    Returns the mesh description. The clusters come with their App Gateways and public IPs;
+    what already exists (the vault's access policies, a gateway's certificates) is kept. The
+    secret is added to the sandbox's service principal (earlier environments' secrets stay
     valid) before the blocks that hold it are saved.
     """
+    vault = vault_registration()
+    emulator.register_vault(
+        vault.pop("subscription"), vault.pop("resourceGroup"), vault.pop("name"), **vault
+    )
     for cluster in clusters:
         spec = cluster_registration(cluster)
         emulator.register_cluster(

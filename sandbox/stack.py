@@ -25,7 +25,12 @@ from urllib.parse import urlsplit
 
 from sandbox import kube, postgres, processes
 from sandbox.azure.admin import start_emulator_process
-from sandbox.environment import ENVIRONMENT, client_registration, cluster_registration
+from sandbox.environment import (
+    ENVIRONMENT,
+    client_registration,
+    cluster_registration,
+    vault_registration,
+)
 from sandbox.kube import LocalCluster, SandboxError
 from sandbox.prefect_server import start_prefect_server
 
@@ -233,6 +238,7 @@ class Sandbox:
         config = {
             "clusters": [cluster_registration(c) for c in clusters],
             "clients": [client_registration(client_secret)],
+            "vaults": [vault_registration()],
         }
         return run_emulator(self.root / "azure", processes.free_port(), config, marker=self.marker)
 

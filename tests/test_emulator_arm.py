@@ -65,6 +65,12 @@ def test_managed_cluster_and_credentials(
     assert kv_identity.client_id
     assert kv_identity.object_id
     assert addons["ingressApplicationGateway"].enabled
+    node_rg = f"MC_{RG}_aks-west_westus2"  # the sample's gateway, made with the cluster
+    gateway = resource_id(
+        SUBSCRIPTION, node_rg, "Microsoft.Network/applicationGateways", "aks-appgw-westus2"
+    )
+    config = addons["ingressApplicationGateway"].config or {}
+    assert config["effectiveApplicationGatewayId"] == gateway
     admin = aks_client.managed_clusters.list_cluster_admin_credentials(RG, "aks-west")
     assert [(k.name, k.value) for k in admin.kubeconfigs or []] == [
         ("clusterAdmin", ADMIN_KUBECONFIG.encode())

@@ -88,6 +88,12 @@ class EmulatorAdmin:
         """Register an AKS cluster (location, admin_kubeconfig, user_kubeconfig, fqdn, aad)."""
         self._call("PUT", f"clusters/{subscription}/{resource_group}/{name}", spec)
 
+    def register_vault(
+        self, subscription: str, resource_group: str, name: str, **spec: Any
+    ) -> None:
+        """Register the mesh vault as an ARM resource (location, sku); its policies are kept."""
+        self._call("PUT", f"vaults/{subscription}/{resource_group}/{name}", spec)
+
     def _drop(self, kind: str, name: str) -> bool:
         try:
             self._call("DELETE", f"keyvault/vault/{kind}/{name}")

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from . import tls
-from .arm import Arm
+from .arm import LIST_PAGE_SIZE, Arm
 from .certificates import CertificateStore
 from .identity import Identity
 from .keys import KeyStore
@@ -68,6 +68,7 @@ class AzureEmulator:
         pending_polls: ``inProgress`` answers a certificate creation gives before completing.
         lro_polls: ``InProgress`` answers an ARM async operation gives before ``Succeeded``.
         lro_retry_after_ms: ``Retry-After-Ms`` sent with ARM long-running operations.
+        list_page_size: Resources per page of an ARM list (the rest behind ``nextLink``).
         naive: Serve like a plain stdlib server (Nagle on); for the latency benchmark only.
         clients: Client applications registered from the start: client id to client secret.
         record_bodies: Record request/response bodies and headers in the request log.
@@ -85,6 +86,7 @@ class AzureEmulator:
         pending_polls: int = 1,
         lro_polls: int = 1,
         lro_retry_after_ms: int = 50,
+        list_page_size: int = LIST_PAGE_SIZE,
         naive: bool = False,
         clients: Mapping[str, str] | None = None,
         record_bodies: bool = False,
@@ -103,7 +105,12 @@ class AzureEmulator:
             self._secrets, pending_polls, keys=self._keys, lock=self._lock
         )
         self._keys.managed = self._certificates  # a certificate's key is a managed key
-        self._arm = Arm(tenant_id, lro_polls=lro_polls, lro_retry_after_ms=lro_retry_after_ms)
+        self._arm = Arm(
+            tenant_id,
+            lro_polls=lro_polls,
+            lro_retry_after_ms=lro_retry_after_ms,
+            list_page_size=list_page_size,
+        )
         self._faults = Faults()
         self._log = RequestLog(bodies=record_bodies)
         self._router = Router(
@@ -283,11 +290,15 @@ class AzureEmulator:
     def register_cluster(
         self, subscription: str, resource_group: str, name: str, **spec: Any
     ) -> None:
-        """Register an AKS cluster.
+        """Register an AKS cluster, with its add-on identities, App Gateway and public IP.
 
         ``spec`` takes the admin API's fields: ``location``, ``admin_kubeconfig``,
         ``user_kubeconfig``, ``fqdn``, ``aad``, and optionally ``application_gateway_id`` and
-        ``kubernetes_version``.
+        ``kubernetes_version``. The cluster is replaced; the resources next to it are made if
+        missing and otherwise kept (see :meth:`.arm.Arm.register_cluster`).
+
+        Raises:
+            ValueError: ``application_gateway_id`` is not an App Gateway resource id.
         """
         with self._lock:
             self._arm.register_cluster(subscription, resource_group, name, spec)
@@ -296,7 +307,13 @@ class AzureEmulator:
     def register_vault(
         self, subscription: str, resource_group: str, name: str, **spec: Any
     ) -> None:
-        """Register a Key Vault ARM resource (``location``); its data plane is the one vault."""
+        """Register a Key Vault resource (``location``, ``sku``); its data plane is the one vault.
+
+        A vault already registered is kept as it is, access policies included.
+
+        Raises:
+            ValueError: ``sku`` is neither ``standard`` nor ``premium``.
+        """
         with self._lock:
             self._arm.register_vault(subscription, resource_group, name, spec)
         self._changed()
@@ -443,7 +460,10 @@ class AzureEmulator:
         def register(req: Request, m: re.Match[str]) -> Response:
             spec = json_object(req)
             add = self.register_cluster if m["kind"] == "clusters" else self.register_vault
-            add(m["sub"], m["rg"], m["name"], **spec)
+            try:
+                add(m["sub"], m["rg"], m["name"], **spec)
+            except ValueError as exc:
+                raise HttpError(400, "BadParameter", str(exc)) from exc
             return ok
 
         def drop(req: Request, m: re.Match[str]) -> Response:
