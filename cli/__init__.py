@@ -274,9 +274,34 @@ def install(env: EnvOption = "sandbox") -> None:
             typer.echo(f"  {'':<15} also installed: istiod revision {others} (left alone)")
     for d in report.data_plane:
         typer.echo(f"  {d.check} on {d.cluster}: {d.status}: {d.detail}")
+    for i in report.ingress:
+        typer.echo(f"  ingress {i.line()}")
     typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
     if not report.ok:
         raise _fail("the mesh has problems; see the mesh artifact in the Prefect UI")
+
+
+@app.command("expose")
+def expose(
+    env: EnvOption = "sandbox",
+    http_only: Annotated[
+        bool, typer.Option("--http-only", help="Stop after HTTP (steps 12-15) this run.")
+    ] = False,
+) -> None:
+    """Expose the mesh through each ingress cluster's App Gateway (steps 12-22) on its own."""
+    from flows.ingress import expose_mesh
+
+    with _environment(env) as (spec, api_url):
+        if not spec.ingress_clusters:
+            raise _fail(f"no cluster of {env} has ingress: true; set it on the cluster to expose")
+        _use_sandbox_istioctl(env)
+        report = asyncio.run(expose_mesh(spec, http_only=http_only))
+    typer.echo(f"ingress {report.environment}:")
+    for i in report.clusters:
+        typer.echo(f"  {i.line()}")
+    typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
+    if not report.ok:
+        raise _fail("the ingress has problems; see the ingress artifact in the Prefect UI")
 
 
 def _use_sandbox_istioctl(env: str) -> None:

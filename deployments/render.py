@@ -23,7 +23,10 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 # (deployment name, entrypoint, cron or None, description)
 FLOWS: tuple[tuple[str, str, str | None, str], ...] = (
     ("install-mesh", "flows/install.py:install_mesh", None,
-     "PKI, every cluster in parallel, remote secrets, validation."),
+     "PKI, every cluster in parallel, remote secrets, validation, ingress (HTTP, then HTTPS "
+     "through the App Gateway)."),
+    ("expose-mesh", "flows/ingress.py:expose_mesh", None,
+     "Ingress of an installed mesh: HTTP, then HTTPS through each ingress cluster's App Gateway."),
     ("verify-access", "flows/verify.py:verify_access", "0 * * * *",
      "Hourly: every cluster's credentials and API server, and Key Vault, still work."),
     ("ensure-mesh-pki", "flows/pki.py:ensure_mesh_pki", "0 3 * * *",

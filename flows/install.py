@@ -1,4 +1,4 @@
-"""Install the mesh: steps 01-11 of ``docs/runbook.md``, for every cluster of the spec.
+"""Install the mesh: steps 01-22 of ``docs/runbook.md``, for every cluster of the spec.
 
 The stages, as the run graph shows them:
 
@@ -11,6 +11,8 @@ The stages, as the run graph shows them:
    (``exchange-remote-secrets-from-<s>``), then checked with its own kubeconfig
    (``check-remote-secrets-of-<s>``); beside the checks, the data plane is checked where it
    runs, and reported "not run" where it cannot.
+5. **Ingress**, after the join: ``expose-cluster-<c>`` on every ingress cluster that installed
+   (steps 12-22, :mod:`flows.ingress`), unless the PKI stage failed.
 
 The run then fails with the first error, if any. Idempotent: a re-run after any failure
 converges, and writes nothing when nothing changed. Why it is shaped so, and what it costs:
@@ -21,17 +23,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from blocks import AksCluster, read_ahead
-from flows.reports import ClusterInstall, MeshReport, publish_pki_report
-from flows.runs import FLOW_OPTIONS, mesh_run, required_blocks
+from flows.ingress import expose_clusters
+from flows.reports import ClusterIngress, ClusterInstall, MeshReport, publish_pki_report
+from flows.runs import (
+    FLOW_OPTIONS,
+    arm_vault,
+    mesh_run,
+    raise_first,
+    required_blocks,
+    settle,
+)
 from meshflow.manifests import post_install_manifests, pre_install_manifests
 from meshflow.spec import ClusterSpec, MeshSpec, PkiStore
-from tasks.aks import AksError, describe_aks_cluster, get_cluster_credentials
+from tasks.aks import describe_aks_cluster, get_cluster_credentials, secrets_provider_identity
 from tasks.blocking import run_blocking
 from tasks.istio import fetch_istioctl, install_istio
 from tasks.keyvault import ObjectRef, vault_facts
@@ -61,9 +71,9 @@ T = TypeVar("T")
 
 @flow(name="install-mesh", **FLOW_OPTIONS)
 async def install_mesh(spec: MeshSpec) -> MeshReport:
-    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, validate."""
+    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, ingress."""
     async with mesh_run(spec.environment):
-        await check_blocks(required_blocks(spec))
+        await check_blocks(required_blocks(spec), arm_vault(spec))
         pki = spec.pki_store
         root = asyncio.ensure_future(ensure_root_ca(pki, spec.cluster_names))
         ingress = asyncio.ensure_future(_ingress_certificates(pki, root))
@@ -71,8 +81,9 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
         done = {name: c for name, c in installed.items() if isinstance(c, ClusterInstall)}
         joined = await _join(spec, done)
         await asyncio.wait([ingress])
-        _raise_first([root.exception(), ingress.exception(), *installed.values(),
-                      *joined.failures])  # fmt: skip
+        raise_first([root.exception(), ingress.exception()])
+        exposed = await expose_clusters(spec, [c for c in spec.ingress_clusters if c.name in done])
+        raise_first([*installed.values(), *joined.failures, *exposed.values()])
         report = MeshReport(
             environment=spec.environment,
             revision=spec.istio_revision,
@@ -81,6 +92,7 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
             remote_secrets=tuple(joined.secrets),
             access=tuple(joined.access),
             data_plane=tuple(joined.data_plane),
+            ingress=tuple(i for i in exposed.values() if isinstance(i, ClusterIngress)),
         )
         await _publish(report)
         return report
@@ -113,17 +125,12 @@ async def _prepare(spec: MeshSpec, c: ClusterSpec) -> tuple[str, list[Applied]]:
         describe_aks_cluster(c),
         run_blocking(vault_facts, spec.key_vault_block),
     )
-    if not facts.secrets_provider_client_id:
-        raise AksError(
-            f"cluster {c.name!r} has no Key Vault Secrets Provider identity; enable the "
-            "azure-keyvault-secrets-provider add-on on it (az aks enable-addons)"
-        )
     pre = pre_install_manifests(
         spec,
         c,
         keyvault_name=vault.vault_name,
         tenant_id=vault.tenant_id,
-        identity_client_id=facts.secrets_provider_client_id,
+        identity_client_id=secrets_provider_identity(c.name, facts),
     )
     return creds.server, await apply_manifests(c, pre)
 
@@ -161,7 +168,7 @@ async def _install_clusters(
         )
         return await install_cluster(spec, c.name)
 
-    return await _settle({c.name: lane(c) for c in spec.clusters})
+    return await settle({c.name: lane(c) for c in spec.clusters})
 
 
 # -- stage 4: the join -------------------------------------------------------------------------
@@ -192,7 +199,7 @@ async def _join(spec: MeshSpec, installed: Mapping[str, ClusterInstall]) -> _Joi
     }
 
     async def check(s: ClusterSpec) -> list[RemoteAccess]:
-        await _settle({s.name: exchanges[s.name]})
+        await settle({s.name: exchanges[s.name]})
         return await check_remote_secrets(s, others[s.name])
 
     async def data_plane() -> list[DataPlaneCheck]:
@@ -201,7 +208,7 @@ async def _join(spec: MeshSpec, installed: Mapping[str, ClusterInstall]) -> _Joi
         return await _data_plane(spec, clusters)
 
     checked, plane = await asyncio.gather(
-        _settle({s.name: check(s) for s in sources}), _settle({"data plane": data_plane()})
+        settle({s.name: check(s) for s in sources}), settle({"data plane": data_plane()})
     )
     joined = _Joined()
     for exchange in exchanges.values():
@@ -232,33 +239,6 @@ async def _data_plane(spec: MeshSpec, clusters: Sequence[ClusterSpec]) -> list[D
     callers = [c for c in clusters if not c.sample_workload][:1]
     calls = [call_echoserver_across(c) for c in callers]
     return list(await asyncio.gather(*sync, *calls))
-
-
-# -- running stages side by side --------------------------------------------------------------
-
-
-async def _settle(steps: Mapping[str, Awaitable[T]]) -> dict[str, T | BaseException]:
-    """Every step run to its end; each one's result or the error it raised.
-
-    ``asyncio.gather`` would stop waiting at the first failure and leave the other steps
-    unattended; a cancelled run cancels what it started.
-    """
-    futures = {name: asyncio.ensure_future(step) for name, step in steps.items()}
-    if not futures:
-        return {}
-    try:
-        await asyncio.wait(futures.values())
-    except asyncio.CancelledError:
-        for f in futures.values():
-            f.cancel()
-        raise
-    return {name: f.exception() or f.result() for name, f in futures.items()}
-
-
-def _raise_first(outcomes: Sequence[Any]) -> None:
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 async def _publish(report: MeshReport) -> None:

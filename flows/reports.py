@@ -13,9 +13,11 @@ from prefect import get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, ConfigDict
 
+from tasks.appgateway import ArmChange, GatewayEndpoint
 from tasks.istio import IstioInstall
 from tasks.keyvault import ObjectRef
 from tasks.kube import Applied, DataPlaneCheck, RemoteAccess
+from tasks.probes import ProbeResult
 
 
 class PkiReport(BaseModel):
@@ -77,6 +79,109 @@ class ClusterInstall(BaseModel):
         )
 
 
+class ClusterIngress(BaseModel):
+    """What the ingress steps (12-22) did on one cluster, and what its probes found."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    host: str
+    endpoint: GatewayEndpoint
+    https: bool
+    applied: tuple[Applied, ...]
+    gateway: tuple[ArmChange, ...] = ()
+    istio: IstioInstall | None = None
+    probes: tuple[ProbeResult, ...] = ()
+    checks: tuple[DataPlaneCheck, ...] = ()
+
+    @property
+    def writes(self) -> int:
+        """Objects created or updated in the cluster and in ARM (0 when converged)."""
+        return (
+            sum(a.action != "unchanged" for a in self.applied)
+            + sum(g.action != "unchanged" for g in self.gateway)
+            + (self.istio is not None and self.istio.action != "unchanged")
+        )
+
+    @property
+    def ok(self) -> bool:
+        """No probe and no check failed (not run is not a failure)."""
+        return all(p.status != "failed" for p in self.probes) and all(
+            c.status != "failed" for c in self.checks
+        )
+
+    @property
+    def certificates(self) -> tuple[str, ...]:
+        """The App Gateway certificates ``ensure-app-gateway`` read back from ARM this run."""
+        done = any(g.object.endswith("certificates and identity") for g in self.gateway)
+        return ("frontend-certificate", "root-certificate") if done else ()
+
+    def line(self) -> str:
+        """One console line: endpoint, probes, certificates, AGIC."""
+        probes = ", ".join(
+            f"{p.url} {p.expected_status}: {p.status if p.status != 'not run' else p.detail}"
+            for p in self.probes
+        )
+        agic = next((c for c in self.checks if c.check == "AGIC reconciled"), None)
+        agic_text = "-" if agic is None else (
+            agic.status if agic.status != "not run" else f"not run: {agic.detail}"
+        )  # fmt: skip
+        certs = ", ".join(self.certificates) or (
+            "not checked this run (HTTP only)" if self.https else "none (HTTP only)"
+        )
+        return (
+            f"{self.cluster}: {self.host} -> {self.endpoint.ip}; probes: {probes or '-'}; "
+            f"App Gateway certificates: {certs}; AGIC: {agic_text}"
+        )
+
+    def markdown(self) -> str:
+        """The cluster's ingress section of the mesh artifact."""
+        rows = "\n".join(
+            f"| {p.url} | {p.expected_status} | {p.status} | {p.http_status or '-'} "
+            f"| {p.server or '-'} | {p.tls} | {p.detail} |"
+            for p in self.probes
+        )
+        checks = "\n".join(f"- {c.check}: {c.status}: {c.detail}" for c in self.checks)
+        gateway = "\n".join(f"- {g.object}: {g.action}" for g in self.gateway)
+        return (
+            f"### Ingress on {self.cluster}\n\n"
+            f"Endpoint: App Gateway `{self.endpoint.gateway_id.rsplit('/', 1)[-1]}`, public IP "
+            f"{self.endpoint.ip}, host `{self.host}`; "
+            f"{'HTTPS end to end' if self.https else 'HTTP only'}.\n\n"
+            "| URL | expected | result | status | server | TLS | detail |\n"
+            "|---|---|---|---|---|---|---|\n"
+            + rows
+            + "\n\n"
+            + (f"App Gateway:\n{gateway}\n\n" if gateway else "")
+            + (f"Checks:\n{checks}\n" if checks else "")
+        )
+
+
+class IngressReport(BaseModel):
+    """The ingress clusters after ``expose-mesh``."""
+
+    model_config = ConfigDict(frozen=True)
+    environment: str
+    clusters: tuple[ClusterIngress, ...]
+
+    @property
+    def writes(self) -> int:
+        """Everything this run created or updated."""
+        return sum(c.writes for c in self.clusters)
+
+    @property
+    def ok(self) -> bool:
+        """No probe or check failed on any ingress cluster."""
+        return all(c.ok for c in self.clusters)
+
+    def markdown(self) -> str:
+        """The artifact ``ingress-<env>``."""
+        sections = "\n".join(c.markdown() for c in self.clusters) or "No ingress cluster.\n"
+        return (
+            f"# Ingress {self.environment}: {'OK' if self.ok else 'PROBLEMS'}\n\n{sections}\n"
+            f"Writes this run: {self.writes}.\n"
+        )
+
+
 class MeshReport(BaseModel):
     """The mesh after ``install-mesh``: per cluster, per remote secret, and what was not run."""
 
@@ -88,21 +193,28 @@ class MeshReport(BaseModel):
     remote_secrets: tuple[Applied, ...]
     access: tuple[RemoteAccess, ...]
     data_plane: tuple[DataPlaneCheck, ...]
+    ingress: tuple[ClusterIngress, ...] = ()
 
     @property
     def writes(self) -> int:
-        """Everything this run created or updated, PKI included."""
+        """Everything this run created or updated, PKI and ingress included."""
         return (
             sum(o.written for o in self.shared_pki)
             + sum(c.writes for c in self.clusters)
             + sum(s.action != "unchanged" for s in self.remote_secrets)
+            + sum(i.writes for i in self.ingress)
         )
 
     @property
     def ok(self) -> bool:
-        """Control plane verified and no data-plane check failed (not-run is not failure)."""
-        return all(a.read_ok for a in self.access) and all(
-            d.status != "failed" for d in self.data_plane
+        """Control plane verified, no data-plane check, probe or ingress check failed.
+
+        "not run" is not a failure.
+        """
+        return (
+            all(a.read_ok for a in self.access)
+            and all(d.status != "failed" for d in self.data_plane)
+            and all(i.ok for i in self.ingress)
         )
 
     @property
@@ -143,7 +255,9 @@ class MeshReport(BaseModel):
             f"Writes this run: {self.writes} (0 means nothing had changed).\n\n"
             + (f"## Not run\n{notes}\n" if notes else "")
             + (f"## Other Istio revisions\n{others}\n" if others else "")
-        )
+            + ("\n## Ingress\n\n" + "\n".join(i.markdown() for i in self.ingress)
+               if self.ingress else "")
+        )  # fmt: skip
 
 
 def _status(checks: Iterable[DataPlaneCheck], cluster: str, check: str) -> str:

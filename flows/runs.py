@@ -22,11 +22,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
@@ -199,6 +200,11 @@ async def mesh_run(environment: str) -> AsyncIterator[None]:
         yield
 
 
+def arm_vault(spec: MeshSpec) -> str | None:
+    """The Key Vault block that must name its ARM resource: the mesh vault, when HTTPS ingress."""
+    return spec.key_vault_block if spec.ingress.https and spec.ingress_clusters else None
+
+
 def required_blocks(spec: MeshSpec) -> list[tuple[type[Block], str]]:
     """Every Prefect block ``spec`` names, with the type it must have."""
     needed: list[tuple[type[Block], str]] = [
@@ -210,3 +216,34 @@ def required_blocks(spec: MeshSpec) -> list[tuple[type[Block], str]]:
     if spec.frontend_pfx_block:
         needed.append((Secret, spec.frontend_pfx_block))
     return needed + [(AksCluster, c.aks_block) for c in spec.clusters]
+
+
+T = TypeVar("T")
+
+
+# -- running stages side by side --------------------------------------------------------------
+
+
+async def settle(steps: Mapping[str, Awaitable[T]]) -> dict[str, T | BaseException]:
+    """Every step run to its end; each one's result or the error it raised.
+
+    ``asyncio.gather`` would stop waiting at the first failure and leave the other steps
+    unattended; a cancelled run cancels what it started.
+    """
+    futures = {name: asyncio.ensure_future(step) for name, step in steps.items()}
+    if not futures:
+        return {}
+    try:
+        await asyncio.wait(futures.values())
+    except asyncio.CancelledError:
+        for f in futures.values():
+            f.cancel()
+        raise
+    return {name: f.exception() or f.result() for name, f in futures.items()}
+
+
+def raise_first(outcomes: Iterable[Any]) -> None:
+    """Raise the first of ``outcomes`` that is an exception (the run's failure)."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

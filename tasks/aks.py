@@ -49,7 +49,11 @@ class CredentialRef(BaseModel):
     admin: bool
 
 
-def _arm_errors(block: AksCluster, block_name: str, action: str) -> AbstractContextManager[None]:
+def arm_errors(block: AksCluster, block_name: str, action: str) -> AbstractContextManager[None]:
+    """The ARM error boundary for a call made with ``block``'s credentials.
+
+    See :func:`tasks.sdk_errors.azure_errors`; ``action`` names the permission a 403 asks for.
+    """
     return azure_errors(
         "Azure Resource Manager",
         f"AKS cluster {block.cluster_name!r} (resource group {block.resource_group!r}, "
@@ -66,7 +70,7 @@ def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
     kind = "Admin" if admin else "User"
     action = f"Microsoft.ContainerService/managedClusters/listCluster{kind}Credential/action"
     where = f"AKS cluster {block.cluster_name!r} (block {block_name!r})"
-    with _arm_errors(block, block_name, action):
+    with arm_errors(block, block_name, action):
         result = fetch(block.resource_group, block.cluster_name)
     if not result.kubeconfigs or not result.kubeconfigs[0].value:
         raise AksError(f"{where} returned no kubeconfig", system="Azure Resource Manager")
@@ -75,7 +79,7 @@ def _fetch(block: AksCluster, block_name: str, admin: bool) -> ClusterAccess:
     except KubeconfigError as exc:
         raise AksError(f"{where}: {exc}") from exc
     if access.auth == "aad-exec":
-        with _arm_errors(block, block_name, action):
+        with arm_errors(block, block_name, action):
             token = block.credentials.get_credential().get_token(f"{AKS_AAD_SERVER_APP}/.default")
         access = dataclasses.replace(access, auth="token", token=token.token)
     return access
@@ -122,12 +126,41 @@ class ClusterFacts(BaseModel):
     node_resource_group: str | None
     secrets_provider_client_id: str | None
     ingress_gateway_client_id: str | None
+    app_gateway_id: str | None = None
+    """The App Gateway the AGIC add-on writes (``effectiveApplicationGatewayId``)."""
+    agic_principal_id: str | None = None
+    """The object id of the AGIC add-on's identity (``ingressapplicationgateway-<cluster>``)."""
+
+
+def secrets_provider_identity(cluster: str, facts: ClusterFacts) -> str:
+    """The client id the CSI driver mounts Key Vault objects as (steps 04, 20).
+
+    Raises:
+        AksError: the cluster has no Key Vault Secrets Provider add-on identity.
+    """
+    if not facts.secrets_provider_client_id:
+        raise AksError(
+            f"cluster {cluster!r} has no Key Vault Secrets Provider identity; enable the "
+            "azure-keyvault-secrets-provider add-on on it (az aks enable-addons)",
+            system="Azure Resource Manager", target=cluster,
+        )  # fmt: skip
+    return facts.secrets_provider_client_id
 
 
 def _addon_client_id(addons: Any, name: str) -> str | None:
     profile = (addons or {}).get(name)
     identity = getattr(profile, "identity", None)
     return getattr(identity, "client_id", None)
+
+
+def _agic(addons: Any) -> tuple[str | None, str | None]:
+    """The AGIC add-on's App Gateway id and its identity's object id, where it is enabled."""
+    profile = (addons or {}).get("ingressApplicationGateway")
+    if profile is None or not getattr(profile, "enabled", False):
+        return None, None
+    config = getattr(profile, "config", None) or {}
+    gateway = config.get("effectiveApplicationGatewayId") or config.get("applicationGatewayId")
+    return gateway, getattr(getattr(profile, "identity", None), "object_id", None)
 
 
 def cluster_facts(cluster: ClusterSpec) -> ClusterFacts:
@@ -138,8 +171,9 @@ def cluster_facts(cluster: ClusterSpec) -> ClusterFacts:
     block = load_block(AksCluster, cluster.aks_block)
     client = block.container_service_client()
     read = "Microsoft.ContainerService/managedClusters/read"
-    with _arm_errors(block, cluster.aks_block, read):
+    with arm_errors(block, cluster.aks_block, read):
         mc = client.managed_clusters.get(block.resource_group, block.cluster_name)
+    gateway, agic_principal = _agic(mc.addon_profiles)
     return ClusterFacts(
         cluster_name=block.cluster_name,
         region=block.region,
@@ -149,6 +183,8 @@ def cluster_facts(cluster: ClusterSpec) -> ClusterFacts:
             mc.addon_profiles, "azureKeyvaultSecretsProvider"
         ),
         ingress_gateway_client_id=_addon_client_id(mc.addon_profiles, "ingressApplicationGateway"),
+        app_gateway_id=gateway,
+        agic_principal_id=agic_principal,
     )
 
 

@@ -93,6 +93,8 @@ def _binary_key(context: Any, parameters: dict[str, Any]) -> str:
 def install_on_cluster(spec: MeshSpec, cluster: ClusterSpec, istioctl: str) -> IstioInstall:
     """Step 07 on one cluster: ``istioctl install`` with the rendered files, unless done.
 
+    Where the ingress gateway serves HTTPS, the files give it the certificate volume of step 20,
+    so the re-install the runbook does there is this same call (unchanged: no install).
     ``istioctl`` is the binary :func:`fetch` gave. Idempotent: the digest of flags and
     IstioOperator files is recorded after a successful install; a run with the same digest (and
     istiod present) makes no call and no write. Needs cluster-admin on the cluster.
@@ -101,7 +103,7 @@ def install_on_cluster(spec: MeshSpec, cluster: ClusterSpec, istioctl: str) -> I
         IstioInstallError: istioctl failed (its output tail, secrets redacted, in the message).
     """
     aks_block, name = cluster.aks_block, cluster.name
-    files = istio_operator_files(spec, cluster)
+    files = istio_operator_files(spec, cluster, ingress_certificates=spec.serves_tls(cluster))
     flags = istioctl_install_flags(spec)
     digest = install_digest(flags, files)
     rev, version = spec.istio_revision, spec.istio_version

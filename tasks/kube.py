@@ -18,6 +18,7 @@ from kubernetes import client as k8s
 from pydantic import BaseModel, ConfigDict
 
 from blocks.runtime import RUNTIME
+from meshflow.appgateway import ingress_ip
 from meshflow.errors import MeshflowError
 from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
 from meshflow.manifests import (
@@ -27,7 +28,8 @@ from meshflow.manifests import (
     remote_secret,
     remote_secret_name,
 )
-from meshflow.objects import object_path
+from meshflow.manifests.ingress import tls_gateway
+from meshflow.objects import object_path, satisfies
 from meshflow.spec import ClusterSpec
 from tasks.aks import cluster_access
 from tasks.blocking import blocking_task
@@ -37,6 +39,7 @@ from tasks.retry import is_transient
 __all__ = [
     "Applied",
     "DataPlaneCheck",
+    "IngressState",
     "KubeError",
     "RemoteAccess",
     "apply_manifests",
@@ -45,6 +48,7 @@ __all__ = [
     "check_remote_secrets",
     "exchange_remote_secrets",
     "list_namespaces",
+    "read_ingress_state",
 ]
 
 T = TypeVar("T")
@@ -336,6 +340,43 @@ def call_across(cluster: ClusterSpec, timeout: float = 120.0) -> DataPlaneCheck:
                           detail=f"the call Job did not succeed within {timeout:.0f}s")  # fmt: skip
 
 
+# -- Ingress: what the cluster already serves ------------------------------------------------
+
+AGIC_DEPLOYMENT = "ingress-appgw-deployment"
+"""The AKS ingress-appgw add-on's controller, in ``kube-system``."""
+
+
+class IngressState(BaseModel):
+    """What an ingress cluster runs and serves before the ingress steps write anything."""
+
+    model_config = ConfigDict(frozen=True)
+    cluster: str
+    nodes: int
+    serves_tls: bool  # the live Gateway is already step 21's
+    agic_ready: bool  # the AGIC add-on's controller has a ready pod
+
+
+def ingress_state(cluster: ClusterSpec) -> IngressState:
+    """Nodes, the live Gateway's protocol and the AGIC controller's readiness. A read."""
+    api = api_client(cluster.aks_block)
+    gateway = tls_gateway()
+    live = request_json(api, "GET", object_path(gateway).item)
+    agic = request_json(
+        api, "GET", f"/apis/apps/v1/namespaces/kube-system/deployments/{AGIC_DEPLOYMENT}"
+    )
+    return IngressState(
+        cluster=cluster.name,
+        nodes=count_nodes(cluster.aks_block),
+        serves_tls=live is not None and satisfies(live, gateway),
+        agic_ready=int(((agic or {}).get("status") or {}).get("readyReplicas") or 0) > 0,
+    )
+
+
+def ingress_ip_of(cluster: ClusterSpec, ingress: dict[str, Any]) -> str | None:
+    """The address a controller wrote into the live ``ingress``'s status, if any. A read."""
+    return ingress_ip(request_json(api_client(cluster.aks_block), "GET", object_path(ingress).item))
+
+
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 list_namespaces = blocking_task("list-namespaces", task_run_name="list-namespaces-{cluster.name}")(
@@ -356,3 +397,6 @@ check_istiod_sync = blocking_task(
 call_echoserver_across = blocking_task(
     "call-echoserver-across", task_run_name="call-echoserver-across-from-{cluster.name}"
 )(call_across)
+read_ingress_state = blocking_task(
+    "read-ingress-state", task_run_name="read-ingress-state-{cluster.name}"
+)(ingress_state)

@@ -773,6 +773,39 @@ def _wait_for_creation(certs: CertificateClient, name: str, timeout: float = 60.
     raise ConflictError(f"the creation of {name!r} did not complete in {timeout:.0f}s")
 
 
+class FrontendTrust(BaseModel):
+    """How a client checks the App Gateway listener's certificate (public material only)."""
+
+    model_config = ConfigDict(frozen=True)
+    ca_pem: str | None = None
+    verify: bool = True
+    system_store: bool = False
+
+
+def root_certificate(store: PkiStore) -> str:
+    """The mesh root certificate, PEM (public): what the App Gateway trusts (step 18). A read.
+
+    Raises:
+        RootCaError: the vault has no root yet.
+    """
+    return _require_root(store).cert.public_bytes(Encoding.PEM).decode()
+
+
+def frontend_trust(store: PkiStore) -> FrontendTrust:
+    """What verifies ``frontend-certificate`` from outside (step 22's probe). A read.
+
+    Key Vault's self-signed default: nothing does, and the probe says it skipped the check.
+    A PFX: the CA certificates it carries, and the machine's store (a publicly issued
+    certificate chains to it). Only public certificates leave this function.
+    """
+    if not store.frontend_pfx_block:
+        return FrontendTrust(verify=False)
+    blob = base64.b64decode(str(load_block(Secret, store.frontend_pfx_block).get()))
+    chain = pki.from_pkcs12(blob).chain
+    pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in chain) or None
+    return FrontendTrust(ca_pem=pem, system_store=True)
+
+
 # -- The steps as Prefect tasks ------------------------------------------------------------
 
 ensure_root_ca = blocking_task("ensure-root-ca")(ensure_root)
@@ -784,3 +817,5 @@ request_intermediate_ca = blocking_task(
 )(request_intermediate)
 ensure_ingress_certificate = blocking_task("ensure-ingress-certificate")(ensure_ingress_leaf)
 ensure_frontend_certificate = blocking_task("ensure-frontend-certificate")(ensure_frontend)
+read_root_certificate = blocking_task("read-root-certificate")(root_certificate)
+read_frontend_trust = blocking_task("read-frontend-trust")(frontend_trust)

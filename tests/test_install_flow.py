@@ -54,6 +54,10 @@ def _exists(api: client.ApiClient, path: str) -> bool:
     return request_json(api, "GET", path) is not None
 
 
+def _admin(cluster: kube.LocalCluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+
+
 def _writes(clusters: list[kube.LocalCluster]) -> int:
     return sum(len(kube.audit_writes(c, user="admin")) for c in clusters)
 
@@ -177,7 +181,9 @@ def test_pki_is_reported_once_per_object_and_each_cluster_owns_its_ca(
         a.action != "unchanged" for c in first_run.clusters for a in c.applied
     ) + sum(c.istio.action != "unchanged" for c in first_run.clusters) + len(
         first_run.remote_secrets
-    )
+    ) + sum(i.writes for i in first_run.ingress)
+    (exposed,) = first_run.ingress  # the sandbox's first cluster is behind an App Gateway
+    assert exposed.writes == 6 + 4  # 2 + 1 + 3 objects; identity, role, policy, gateway
 
 
 def test_install_cluster_runs_on_its_own_as_a_deployment_would(
@@ -213,6 +219,11 @@ def test_a_killed_run_converges_on_the_next_one(
         time.sleep(0.05)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+    # Killed mid-write: it had begun writing to the clusters, and not finished.
+    assert _writes(kube_clusters) != before
+    assert not _exists(
+        _admin(bravo), "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-alpha"
+    )
     report = _run(mesh_env)
     assert report.ok
     # The killed run does not stay "Running": the next run of its mesh marked it (and the

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from kubernetes import client, config
 
 from sandbox import processes
@@ -160,6 +161,13 @@ def test_after_a_killed_api_server_an_install_converges_on_the_same_root(
     cli.ok("pki", "export", "--env", "sandbox", "--out", str(tmp_path / "after"))
     root = "root-cert.pem"  # the vault kept its root version: the same root certificate
     assert (tmp_path / "after" / root).read_text() == (tmp_path / "before" / root).read_text()
+    # The sandbox runs Istio's production profile: RSA 4096 CA keys, made by Key Vault.
+    cert = x509.load_pem_x509_certificate((tmp_path / "after" / root).read_bytes())
+    assert cert.public_key().key_size == 4096  # type: ignore[union-attr]
+    ca = x509.load_pem_x509_certificate(
+        (tmp_path / "after" / "cluster-1" / "ca-cert.pem").read_bytes()
+    )
+    assert ca.public_key().key_size == 4096  # type: ignore[union-attr]
 
 
 def test_a_killed_database_and_prefect_server_come_back_with_the_blocks(cli: Cli) -> None:
