@@ -2,15 +2,27 @@
 
 Session-scoped and started once; every process is stopped at teardown, also when a test fails or
 the run is interrupted (finalizers run on KeyboardInterrupt, and an atexit hook backs them up).
+
+Tiers: every test is marked by what it touches, from the fixtures it uses (its fixture
+closure, see :data:`TIER_FIXTURES`): ``kube`` (the local control planes), ``emulator`` (the Azure
+emulator), ``prefect`` (a real Prefect server), and ``e2e`` as well when it uses all three.
+Tests that start processes on their own (openssl, the istioctl stand-in, a sandbox) carry the
+marker themselves. A test with no tier marker is pure, and cannot start a process: while it
+sets up and runs, every way to start one raises :class:`ProcessOutsideTier`, so
+``pytest -m "not (kube or emulator or prefect or e2e)"`` starts nothing.
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
 import atexit
 import os
 import signal
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +44,122 @@ pytest_plugins = ["tests.emulator_fixtures"]
 signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 CLUSTERS = ("alpha", "bravo")
+
+TIER_MARKERS = ("kube", "emulator", "prefect", "e2e")
+
+# A test gets a tier when its fixture closure holds one of these. The closure is transitive:
+# ``emulator`` and every SDK client fixture depend on ``azure_emulator``, ``kube_clusters`` on
+# ``kube_root``, ``mesh_env`` on all three roots.
+TIER_FIXTURES: dict[str, frozenset[str]] = {
+    # the session's control planes, and module fixtures that start their own clusters
+    # (four_planes: tests/test_install_flow.py; leak: tests/test_forced_failures.py); an install
+    # with the istioctl stand-in runs it as a process against a control plane
+    "kube": frozenset({"kube_root", "kube_clusters", "four_planes", "leak", "istioctl_standin"}),
+    "emulator": frozenset({"azure_emulator"}),
+    "prefect": frozenset({"prefect_server"}),
+}
+
+
+def tiers_of(fixtures: Iterable[str]) -> set[str]:
+    """The tier markers a test that uses ``fixtures`` (its whole closure) gets."""
+    used = set(fixtures)
+    tiers = {tier for tier, roots in TIER_FIXTURES.items() if used & roots}
+    if "mesh_env" in used or tiers >= {"kube", "emulator", "prefect"}:
+        tiers |= {"kube", "emulator", "prefect", "e2e"}
+    return tiers
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the tiers of the fixtures it uses."""
+    for item in items:
+        for tier in sorted(tiers_of(getattr(item, "fixturenames", ()))):
+            item.add_marker(tier)
+
+
+class ProcessOutsideTier(RuntimeError):
+    """A test without a tier marker tried to start a process."""
+
+    def __init__(self, attempts: list[str]) -> None:
+        super().__init__(
+            f"this test starts a process ({', '.join(attempts)}): "
+            f"mark it {'/'.join(TIER_MARKERS)}, or use the fixture that starts it"
+        )
+
+
+def _describe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The command line a refused start was given, as far as it shows."""
+    argv = args[0] if args else kwargs.get("args", kwargs.get("path", ""))
+    if isinstance(argv, (list, tuple)):
+        return " ".join(os.fsdecode(a) if isinstance(a, (str, bytes)) else str(a) for a in argv)
+    return str(argv)
+
+
+# Every way Python starts a process ends in one of these: subprocess (and asyncio's
+# subprocesses, os.popen) in Popen._execute_child, multiprocessing's spawn and forkserver in
+# _posixsubprocess.fork_exec, its fork start method, pty and os.spawn* in os.fork/os.forkpty.
+_SPAWNERS: list[tuple[object, str]] = [
+    (subprocess.Popen, "_execute_child"),
+    (_posixsubprocess, "fork_exec"),
+    (os, "fork"),
+    (os, "forkpty"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "system"),
+]
+
+
+@contextmanager
+def processes_refused(attempts: list[str]) -> Iterator[None]:
+    """Make every process start raise :class:`ProcessOutsideTier` (and record it in attempts)."""
+
+    def refusing(name: str) -> Callable[..., Any]:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            if name == "_execute_child":
+                args = args[1:]  # self
+            attempts.append(f"{name}({_describe(args, kwargs)})")
+            raise ProcessOutsideTier(attempts[-1:])
+
+        return refuse
+
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, name in _SPAWNERS:
+            if hasattr(owner, name):
+                patch.setattr(owner, name, refusing(name))
+        yield
+
+
+def _untiered(item: pytest.Item) -> bool:
+    return not any(item.get_closest_marker(tier) for tier in TIER_MARKERS)
+
+
+@contextmanager
+def pure(item: pytest.Item) -> Iterator[None]:
+    """Refuse processes around a phase of ``item`` if it has no tier; fail if one was tried."""
+    if not _untiered(item):
+        yield
+        return
+    attempts: list[str] = []
+    with processes_refused(attempts):
+        yield
+    if attempts:  # the code under test may have caught the error: fail anyway
+        raise ProcessOutsideTier(attempts)
+
+
+# Setup and call, not teardown: a module or session fixture is torn down after whichever test
+# of the module or session comes last, which need not be the one that started it.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Setting up a test without a tier (its fixtures too) starts no process."""
+    with pure(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test without a tier starts no process."""
+    with pure(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

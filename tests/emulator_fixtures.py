@@ -5,15 +5,23 @@ log cleared around each test. Client fixtures are configured exactly as producti
 changed only by endpoint and CA bundle (see ``sandbox.azure``'s docstring for the recipe). The
 emulator knows one client application, ``CLIENT_ID`` with ``CLIENT_SECRET``, as Entra knows an
 app registration; :func:`new_emulator` makes more emulators that know it too.
+
+``sleeps`` records the waits a test's clients and emulator ask for, instead of waiting: tests
+assert what was waited for (a ``Retry-After`` honoured, a delay rule applied, a key's making
+time charged), never how long the wall clock took.
 """
 
 from __future__ import annotations
 
+import time
+import types
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.pipeline.transport import HttpTransport
 from azure.identity import ClientSecretCredential
 from azure.keyvault.certificates import CertificateClient
 from azure.keyvault.keys import KeyClient
@@ -24,6 +32,8 @@ from azure.mgmt.keyvault import KeyVaultManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.network import NetworkManagementClient
 
+import sandbox.azure.emulator
+import sandbox.azure.x509util
 from sandbox.azure import AzureEmulator
 
 SUBSCRIPTION = "6f1d2c3b-0a9e-4f8d-8c7b-6a5e4d3c2b1a"
@@ -52,6 +62,33 @@ def emulator(azure_emulator: AzureEmulator) -> Iterator[AzureEmulator]:
     azure_emulator.clear_log()
     yield azure_emulator
     azure_emulator.clear_faults()
+
+
+@dataclass
+class Sleeps:
+    """The waits asked for during a test, in order, by who asked; none is slept."""
+
+    sdk: list[float] = field(default_factory=list)
+    """Azure SDK clients (every wait goes through their transport): retry backoff,
+    ``Retry-After``, LRO poll intervals."""
+    emulator: list[float] = field(default_factory=list)
+    """The in-process emulator: fault rules' ``delay_ms``, a made-ahead key's making time."""
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> Sleeps:
+    """Record the SDK's and the in-process emulator's waits instead of waiting."""
+    recorded = Sleeps()
+
+    def sdk_sleep(transport: HttpTransport, duration: float) -> None:
+        recorded.sdk.append(duration)
+
+    emulator_time = types.SimpleNamespace(**vars(time))
+    emulator_time.sleep = recorded.emulator.append
+    monkeypatch.setattr(HttpTransport, "sleep", sdk_sleep)
+    for module in (sandbox.azure.emulator, sandbox.azure.x509util):
+        monkeypatch.setattr(module, "time", emulator_time)
+    return recorded
 
 
 def emulator_credential(

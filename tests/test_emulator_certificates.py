@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from sandbox.azure import AzureEmulator
-from tests.emulator_fixtures import emulator_credential, new_emulator
+from tests.emulator_fixtures import Sleeps, emulator_credential, new_emulator
 
 pytestmark = pytest.mark.emulator
 FAST = {"_polling_interval": 0.01}  # the SDK's private knob; its default waits 5 s between polls
@@ -193,15 +192,21 @@ def test_admin_drop_certificate(
         certificate_client.get_certificate("dropped-cert")
 
 
-def test_pending_polls_zero_needs_no_client_tuning(tmp_path: Path) -> None:
+def test_pending_polls_zero_needs_no_client_tuning(tmp_path: Path, sleeps: Sleeps) -> None:
     with new_emulator(tmp_path, pending_polls=0) as emu:
         ca = str(emu.ca_bundle)
         client = CertificateClient(emu.url, emulator_credential(emu), connection_verify=ca)
-        started = time.monotonic()
         cert = client.begin_create_certificate("quick", CertificatePolicy.get_default()).result()
-        assert time.monotonic() - started < 2  # no 5 s poll interval was slept
         assert cert.properties.version is not None
+        calls = [(e["method"], e["path"]) for e in emu.requests_log() if e["status"] != 401]
         client.close()
+    # The SDK's first poll (made at once) finds it completed: it never waits its 5 s interval.
+    assert [c for c in calls if "/certificates/" in c[1]] == [
+        ("POST", "/certificates/quick/create"),
+        ("GET", "/certificates/quick/pending"),
+        ("GET", "/certificates/quick/"),
+    ]
+    assert sleeps.sdk == []
 
 
 def _issued_for(csr: x509.CertificateSigningRequest, ca: tuple[object, x509.Certificate]) -> bytes:
@@ -294,9 +299,10 @@ def test_creating_again_while_a_creation_is_pending_is_409(
 
 
 def test_keys_made_ahead_are_each_used_once_and_cost_their_making_time(
-    emulator: AzureEmulator, certificate_client: CertificateClient
+    emulator: AzureEmulator, certificate_client: CertificateClient, sleeps: Sleeps
 ) -> None:
     verify, url = str(emulator.ca_bundle), f"{emulator.url}/_emulator/keys"
+    on_demand = emulator.keys_made_on_demand()
     made = requests.post(url, json={"size": 2048, "count": 2}, verify=verify, timeout=60).json()
     assert len(made["made"]) == 2
     assert all(s > 0 for s in made["made"])
@@ -307,23 +313,21 @@ def test_keys_made_ahead_are_each_used_once_and_cost_their_making_time(
     not_a_number = requests.post(url, json={"size": "big"}, verify=verify, timeout=5)
     assert not_a_number.status_code == 400
 
-    def created(name: str) -> tuple[bytes, float]:
+    def created(name: str) -> bytes:
         policy = CertificatePolicy(issuer_name="Unknown", subject=f"CN={name}", key_size=2048)
-        start = time.monotonic()
         op = certificate_client.begin_create_certificate(name, policy).result()
         csr = x509.load_der_x509_csr(bytes(op.csr or b""))
-        public = csr.public_key().public_bytes(
+        return csr.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return public, time.monotonic() - start
 
-    first, waited = created("ahead-1")
-    assert waited >= made["made"][0]  # the first key made, for as long as making it took
-    second, _ = created("ahead-2")
+    first = created("ahead-1")
+    assert sleeps.emulator == made["made"][:1]  # the first key made, charged its making time
+    second = created("ahead-2")
+    assert sleeps.emulator == made["made"]  # then the second, each once
     keys = requests.get(url, verify=verify, timeout=5).json()
-    assert keys["ready"] == {}
-    third, _ = created("ahead-3")  # none left: made on demand
+    assert keys == {"ready": {}, "made_on_demand": on_demand}  # none made on demand
+    third = created("ahead-3")  # none left: made on demand, at no charge
+    assert sleeps.emulator == made["made"]
     assert len({first, second, third}) == 3
-    assert requests.get(url, verify=verify, timeout=5).json()["made_on_demand"] == (
-        keys["made_on_demand"] + 1
-    )
+    assert emulator.keys_made_on_demand() == on_demand + 1

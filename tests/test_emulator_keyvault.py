@@ -7,7 +7,6 @@ import os
 import socket
 import ssl
 import stat
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,7 +22,7 @@ from azure.keyvault.secrets import SecretClient
 from azure.keyvault.secrets._shared import HttpChallengeCache
 
 from sandbox.azure import AzureEmulator
-from tests.emulator_fixtures import emulator_credential
+from tests.emulator_fixtures import Sleeps, emulator_credential
 
 pytestmark = pytest.mark.emulator
 
@@ -135,14 +134,15 @@ def test_admin_drop_secret(emulator: AzureEmulator, secret_client: SecretClient)
     assert all(not e["path"].startswith("/_emulator") for e in emulator.requests_log())
 
 
-def test_injected_429_is_retried(emulator: AzureEmulator, secret_client: SecretClient) -> None:
+def test_injected_429_is_retried(
+    emulator: AzureEmulator, secret_client: SecretClient, sleeps: Sleeps
+) -> None:
     secret_client.set_secret("throttled", "warm")  # challenge already cached
     emulator.clear_log()
     emulator.add_fault(r"^/secrets/throttled$", method="PUT", status=429, retry_after=1)
-    started = time.monotonic()
     assert secret_client.set_secret("throttled", "v").value == "v"
-    assert time.monotonic() - started >= 1.0
     assert _statuses(emulator, "/secrets/throttled") == [429, 200]
+    assert sleeps.sdk == [1.0]  # between the two: the Retry-After, not the SDK's own backoff
 
 
 def test_injected_503_is_retried_then_exhausted(
@@ -161,13 +161,18 @@ def test_injected_503_is_retried_then_exhausted(
     assert _statuses(emulator, "/secrets/flaky/") == [503] * 4  # 1 try + 3 default retries
 
 
-def test_slow_response(emulator: AzureEmulator, secret_client: SecretClient) -> None:
+def test_slow_response(
+    emulator: AzureEmulator, secret_client: SecretClient, sleeps: Sleeps
+) -> None:
     secret_client.set_secret("slow", "v")
+    emulator.clear_log()
     emulator.add_fault(r"^/secrets/slow", method="GET", status=None, delay_ms=300)
-    started = time.monotonic()
     assert secret_client.get_secret("slow").value == "v"
-    assert time.monotonic() - started >= 0.3
-    assert secret_client.get_secret("slow").value == "v"  # the rule was used up
+    assert sleeps.emulator == [0.3]  # the rule delayed the first read, and failed nothing
+    assert secret_client.get_secret("slow").value == "v"
+    assert sleeps.emulator == [0.3]  # the rule was used up: the second read was not delayed
+    assert _statuses(emulator, "/secrets/slow/") == [200, 200]
+    assert sleeps.sdk == []  # nothing was retried
 
 
 def test_admin_faults_over_http(emulator: AzureEmulator, secret_client: SecretClient) -> None:

@@ -250,6 +250,7 @@ def _no_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(istio.OVERRIDE_ENV, raising=False)
 
 
+@pytest.mark.kube
 def test_download_verifies_caches_and_then_does_no_network_io(
     release: Release, tmp_path: Path
 ) -> None:
@@ -351,6 +352,7 @@ def _script(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.kube
 def test_install_timeout_is_transient(tmp_path: Path) -> None:
     fake = _script(tmp_path, "sleep 5")
     with pytest.raises(istio.IstioInstallTimeout, match="cluster 'c1' did not finish") as err:
@@ -361,6 +363,7 @@ def test_install_timeout_is_transient(tmp_path: Path) -> None:
     assert is_transient(err.value)
 
 
+@pytest.mark.kube
 def test_failure_names_the_cluster_and_redacts_the_output(tmp_path: Path) -> None:
     token = "s3cr3t-" + "9" * 40
     kubeconfig = yaml.safe_dump(kube.kubeconfig("c2", "https://127.0.0.1:1", b"ca", "u", token))
@@ -713,6 +716,7 @@ def test_standin_verifies_the_api_server_certificate(
 # ------------------------------------------------------------------ the stand-in, pure parts
 
 
+@pytest.mark.kube
 def test_standin_version_is_labelled() -> None:
     run = subprocess.run([STANDIN, "version", "--remote=false"], capture_output=True, text=True)
     assert run.returncode == 0

@@ -155,6 +155,7 @@ def test_writes_are_audited(kube_clusters: list[kube.LocalCluster]) -> None:
     assert [h["verb"] for h in hits] == ["create"]
 
 
+@pytest.mark.kube
 def test_stop_leaves_no_process(tmp_path: Any) -> None:
     (cluster,) = kube.start_clusters(["solo"], tmp_path)
     assert cluster.is_running()
@@ -163,6 +164,7 @@ def test_stop_leaves_no_process(tmp_path: Any) -> None:
     assert processes.running_under(str(tmp_path)) == []
 
 
+@pytest.mark.kube
 def test_a_process_is_recognised_as_ours_as_soon_as_spawn_returns(tmp_path: Any) -> None:
     # Regression: /proc/<pid>/environ can read empty right after exec (about 1 Python start in
     # 5 here); a "did it start?" check then saw no marker and never stopped the process.
@@ -187,6 +189,7 @@ def _crd_creates(cluster: kube.LocalCluster) -> list[str]:
     ]
 
 
+@pytest.mark.kube
 def test_restart_brings_back_what_was_killed_in_place(tmp_path: Any) -> None:
     (cluster,) = kube.start_clusters(["solo"], tmp_path)
     try:

@@ -1,4 +1,8 @@
-"""Certificates signed by a key held elsewhere (as Key Vault's sign operation does)."""
+"""Certificates signed by a key held elsewhere (as Key Vault's sign operation does).
+
+The chains are checked by two independent verifiers: ``cryptography.x509.verification`` here
+(pure), and the ``openssl`` CLI, a process, in the ``emulator`` tier (see tests/test_pki.py).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import verification
 
 from meshflow import pki
 
@@ -91,12 +96,38 @@ def test_a_signer_with_another_key_is_caught_before_anything_is_returned(
         )
 
 
-def test_openssl_accepts_the_chains(root: pki.RemoteIssuer, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def chains(root: pki.RemoteIssuer) -> tuple[x509.Certificate, x509.Certificate]:
+    """An intermediate CA and an ingress leaf, both signed through ``root``'s signer."""
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=SMALL)
     intermediate = pki.issue_intermediate_ca(root, ca_key.public_key(), cluster="c1", now=NOW,
                                              key_size=SMALL)  # fmt: skip
     leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=SMALL)
-    leaf = pki.issue_ingress_leaf(root, leaf_key.public_key(), now=NOW)
+    return intermediate, pki.issue_ingress_leaf(root, leaf_key.public_key(), now=NOW)
+
+
+def test_cryptography_accepts_the_chains(
+    root: pki.RemoteIssuer, chains: tuple[x509.Certificate, x509.Certificate]
+) -> None:
+    intermediate, leaf = chains
+    builder = verification.PolicyBuilder().store(verification.Store([root.cert]))
+    builder = builder.time(NOW + timedelta(days=1))
+    # The intermediate is a CA: the Web PKI's end-entity profile would refuse it as a target,
+    # so only its issuers get the CA profile; the path gets RFC 5280's checks either way.
+    ca_chain = builder.extension_policies(
+        ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+        ee_policy=verification.ExtensionPolicy.permit_all(),
+    ).build_client_verifier()
+    assert ca_chain.verify(intermediate, []).chain == [intermediate, root.cert]
+    server = builder.build_server_verifier(x509.DNSName(pki.ECHOSERVER_HOST))
+    assert server.verify(leaf, []) == [leaf, root.cert]
+
+
+@pytest.mark.emulator  # openssl is a process
+def test_openssl_accepts_the_chains(
+    root: pki.RemoteIssuer, chains: tuple[x509.Certificate, x509.Certificate], tmp_path: Path
+) -> None:
+    intermediate, leaf = chains
     (tmp_path / "root.pem").write_bytes(root.cert.public_bytes(Encoding.PEM))
     (tmp_path / "ca.pem").write_bytes(intermediate.public_bytes(Encoding.PEM))
     (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(Encoding.PEM))

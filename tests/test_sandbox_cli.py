@@ -54,6 +54,7 @@ def test_sandbox_up_status_verify_down_leaves_nothing(tmp_path: Path) -> None:
     assert not state.exists()  # no key or token of the sandbox left on disk
 
 
+@pytest.mark.e2e
 def test_a_stopped_sandbox_process_is_named_with_what_to_do(tmp_path: Path) -> None:
     state = tmp_path / "sandbox"
     cluster_dir = state / "clusters" / "cluster-1"

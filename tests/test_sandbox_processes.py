@@ -57,6 +57,7 @@ def test_a_closed_connection_in_time_wait_does_not_hold_the_port() -> None:
     assert processes.port_free(port)
 
 
+@pytest.mark.kube
 def test_children_of_a_killed_process_are_found_and_stopped(tmp_path: Path) -> None:
     marker = str(tmp_path)
     sleep = "import time; time.sleep(60)"
@@ -85,6 +86,7 @@ def test_children_of_a_killed_process_are_found_and_stopped(tmp_path: Path) -> N
         processes.stop(processes.running_under(marker))
 
 
+@pytest.mark.kube
 def test_a_zombie_has_exited_but_a_live_process_has_not(tmp_path: Path) -> None:
     # The zombie's parent is a helper that never waits (this test process may reap its own).
     marker = str(tmp_path)

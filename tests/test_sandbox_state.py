@@ -89,6 +89,7 @@ def recorded(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, Any]]]:
         processes.stop(processes.running_under(str(sandbox.root)))
 
 
+@pytest.mark.kube
 def test_up_with_everything_running_changes_nothing(
     recorded: tuple[Sandbox, dict[str, Any]],
 ) -> None:
@@ -99,6 +100,7 @@ def test_up_with_everything_running_changes_nothing(
     assert sandbox.state() == state
 
 
+@pytest.mark.kube
 @pytest.mark.parametrize("stop_one", [False, True], ids=["running", "half-stopped"])
 def test_another_cluster_count_is_refused_with_what_to_do(
     recorded: tuple[Sandbox, dict[str, Any]], stop_one: bool
@@ -114,6 +116,7 @@ def test_another_cluster_count_is_refused_with_what_to_do(
     assert sandbox.state() == state  # nothing was wiped
 
 
+@pytest.mark.kube
 def test_another_database_is_refused_but_none_means_the_recorded_one(
     recorded: tuple[Sandbox, dict[str, Any]],
 ) -> None:
@@ -124,6 +127,7 @@ def test_another_database_is_refused_but_none_means_the_recorded_one(
     assert sandbox.up(1).action == "unchanged"
 
 
+@pytest.mark.kube
 def test_a_state_without_ports_cannot_be_restarted_and_says_reset(
     recorded: tuple[Sandbox, dict[str, Any]],
 ) -> None:
