@@ -4,6 +4,11 @@ RSA 4096 key generation is slow, so one root and one intermediate in the real
 profile are made once per module; every other certificate uses 2048-bit keys.
 PEM and PKCS#12 files written for openssl live under pytest's tmp_path; the
 private keys in them are throwaway test fixtures.
+
+Two independent verifiers check the chains: ``cryptography.x509.verification`` (RFC 5280 path
+validation, in this process: the pure tier) and the ``openssl`` CLI. openssl is a process, so
+its tests carry the ``emulator`` marker: the lightest tier that may start processes (it needs
+nothing built and no server), and the one that already holds Key Vault's certificate tests.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
@@ -27,11 +32,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 
 from meshflow import pki
 from meshflow.pki import CertKeyPair, PkiError
+from tests.pki_offline import generate_ingress_leaf, generate_intermediate_ca, generate_root_ca
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 SMALL = 2048
 OPENSSL = shutil.which("openssl")
-needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs_openssl(test: F) -> F:
+    """A test that runs the openssl CLI: a process, so in a tier (see the module docstring)."""
+    skip = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
+    marked: F = pytest.mark.emulator(skip(test))
+    return marked
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -39,41 +52,41 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not inst
 
 @pytest.fixture(scope="module")
 def root() -> CertKeyPair:
-    return pki.generate_root_ca(now=NOW)  # the real profile: RSA 4096
+    return generate_root_ca(now=NOW)  # the real profile: RSA 4096
 
 
 @pytest.fixture(scope="module")
 def intermediate(root: CertKeyPair) -> CertKeyPair:
-    return pki.generate_intermediate_ca(root, cluster="cluster-a", now=NOW)  # RSA 4096
+    return generate_intermediate_ca(root, cluster="cluster-a", now=NOW)  # RSA 4096
 
 
 @pytest.fixture(scope="module")
 def small_ca(root: CertKeyPair) -> CertKeyPair:
     # A 2048-bit intermediate for encoding tests: loading a 4096-bit private key
     # costs ~0.25 s because cryptography checks its consistency.
-    return pki.generate_intermediate_ca(root, cluster="cluster-b", now=NOW, key_size=SMALL)
+    return generate_intermediate_ca(root, cluster="cluster-b", now=NOW, key_size=SMALL)
 
 
 @pytest.fixture(scope="module")
 def leaf(root: CertKeyPair) -> CertKeyPair:
-    return pki.generate_ingress_leaf(root, now=NOW)
+    return generate_ingress_leaf(root, now=NOW)
 
 
 @pytest.fixture(scope="module")
 def workload(intermediate: CertKeyPair) -> CertKeyPair:
     # An end-entity certificate issued by the intermediate, as istiod would.
-    return pki.generate_ingress_leaf(intermediate, now=NOW, host="w.ns.svc.cluster.local", days=1)
+    return generate_ingress_leaf(intermediate, now=NOW, host="w.ns.svc.cluster.local", days=1)
 
 
 @pytest.fixture(scope="module")
 def other_root() -> CertKeyPair:
     # Same subject as the real root, different key: the classic "wrong root".
-    return pki.generate_root_ca(now=NOW, key_size=SMALL)
+    return generate_root_ca(now=NOW, key_size=SMALL)
 
 
 @pytest.fixture(scope="module")
 def foreign_intermediate(other_root: CertKeyPair) -> CertKeyPair:
-    return pki.generate_intermediate_ca(other_root, cluster="cluster-a", now=NOW, key_size=SMALL)
+    return generate_intermediate_ca(other_root, cluster="cluster-a", now=NOW, key_size=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +117,7 @@ def sub_ca(intermediate: CertKeyPair) -> CertKeyPair:
 
 @pytest.fixture(scope="module")
 def deep_leaf(sub_ca: CertKeyPair) -> CertKeyPair:
-    return pki.generate_ingress_leaf(sub_ca, now=NOW, host="deep.example", days=1)
+    return generate_ingress_leaf(sub_ca, now=NOW, host="deep.example", days=1)
 
 
 def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -270,67 +283,98 @@ def test_profile_table(which: str, request: pytest.FixtureRequest, root: CertKey
     cert.verify_directly_issued_by(root.cert)
 
 
+def new_public_key(bits: int = SMALL) -> rsa.RSAPublicKey:
+    """A key made here for the issue_* functions, as Key Vault hands one out in a CSR."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
+
+
+def new_root(*, bits: int = SMALL, **kwargs: Any) -> x509.Certificate:
+    """:func:`pki.root_ca_certificate` for a key made here, signing in memory."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return pki.root_ca_certificate(key.public_key(), pki.local_signer(key), **kwargs)
+
+
 def test_intermediate_never_outlives_the_root(root: CertKeyPair) -> None:
     late = NOW + timedelta(days=3000)  # root has 650 days left
-    inter = pki.generate_intermediate_ca(root, cluster="c", now=late, key_size=SMALL)
-    assert inter.cert.not_valid_after_utc == root.cert.not_valid_after_utc
-    assert inter.cert.not_valid_before_utc == late - timedelta(hours=1)
-    leaf = pki.generate_ingress_leaf(root, now=root.cert.not_valid_after_utc - timedelta(days=1))
-    assert leaf.cert.not_valid_after_utc == root.cert.not_valid_after_utc
+    inter = pki.issue_intermediate_ca(root, new_public_key(), cluster="c", now=late, key_size=SMALL)
+    assert inter.not_valid_after_utc == root.cert.not_valid_after_utc
+    assert inter.not_valid_before_utc == late - timedelta(hours=1)
+    leaf = pki.issue_ingress_leaf(
+        root, new_public_key(), now=root.cert.not_valid_after_utc - timedelta(days=1)
+    )
+    assert leaf.not_valid_after_utc == root.cert.not_valid_after_utc
 
 
 def test_not_before_is_clamped_to_the_issuer(root: CertKeyPair) -> None:
-    inter = pki.generate_intermediate_ca(
-        root, cluster="c", now=NOW, key_size=SMALL, backdate=timedelta(days=2)
+    inter = pki.issue_intermediate_ca(
+        root, new_public_key(), cluster="c", now=NOW, key_size=SMALL, backdate=timedelta(days=2)
     )
-    assert inter.cert.not_valid_before_utc == root.cert.not_valid_before_utc
+    assert inter.not_valid_before_utc == root.cert.not_valid_before_utc
 
 
 def test_custom_host_and_days(root: CertKeyPair) -> None:
-    pair = pki.generate_ingress_leaf(root, now=NOW, host="api.example.com", days=30)
-    assert pki.san_strings(pair.cert) == ["DNS:api.example.com"]
-    assert pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
-        "api.example.com"
-    )
-    assert pair.cert.not_valid_after_utc == NOW + timedelta(days=30)
+    cert = pki.issue_ingress_leaf(root, new_public_key(), now=NOW, host="api.example.com", days=30)
+    assert pki.san_strings(cert) == ["DNS:api.example.com"]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "api.example.com"
+    assert cert.not_valid_after_utc == NOW + timedelta(days=30)
 
 
 def test_now_is_truncated_to_seconds_and_normalised_to_utc(root: CertKeyPair) -> None:
     other_zone = (NOW + timedelta(microseconds=999)).astimezone(
         timezone(timedelta(hours=5, minutes=30))
     )
-    pair = pki.generate_ingress_leaf(root, now=other_zone, days=1)
-    assert pair.cert.not_valid_after_utc == NOW + timedelta(days=1)
+    cert = pki.issue_ingress_leaf(root, new_public_key(), now=other_zone, days=1)
+    assert cert.not_valid_after_utc == NOW + timedelta(days=1)
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda r, i, lf: pki.generate_root_ca(now=NOW.replace(tzinfo=None)), "timezone-aware"),
-        (lambda r, i, lf: pki.generate_root_ca(now=NOW, key_size=1024), "too small"),
-        (lambda r, i, lf: pki.generate_root_ca(now=NOW, days=0), "at least 1 day"),
+        (lambda r, i, lf: new_root(created=NOW.replace(tzinfo=None)), "timezone-aware"),
+        (lambda r, i, lf: new_root(bits=1024, created=NOW), "at least 2048 bits"),
+        (lambda r, i, lf: new_root(created=NOW, days=0), "at least 1 day"),
         (
-            lambda r, i, lf: pki.generate_root_ca(now=NOW, backdate=timedelta(hours=-1)),
+            lambda r, i, lf: new_root(created=NOW, backdate=timedelta(hours=-1)),
             "must not be negative",
         ),
-        (lambda r, i, lf: pki.generate_intermediate_ca(r, cluster="", now=NOW), "cluster name"),
-        (lambda r, i, lf: pki.generate_intermediate_ca(i, cluster="x", now=NOW), "pathlen:0"),
-        (lambda r, i, lf: pki.generate_intermediate_ca(lf, cluster="x", now=NOW), "is not a CA"),
+        # Each public key below is of the expected kind and size (RSA 4096 for an
+        # intermediate, RSA 2048 for the leaf), so only the input under test is wrong.
         (
-            lambda r, i, lf: pki.generate_ingress_leaf(r, now=NOW + timedelta(days=3651)),
+            lambda r, i, lf: pki.issue_intermediate_ca(r, i.cert.public_key(), cluster="", now=NOW),
+            "cluster name",
+        ),
+        (
+            lambda r, i, lf: pki.issue_intermediate_ca(
+                i, i.cert.public_key(), cluster="x", now=NOW
+            ),
+            "pathlen:0",
+        ),
+        (
+            lambda r, i, lf: pki.issue_intermediate_ca(
+                lf, i.cert.public_key(), cluster="x", now=NOW
+            ),
+            "is not a CA",
+        ),
+        (
+            lambda r, i, lf: pki.issue_ingress_leaf(
+                r, lf.cert.public_key(), now=NOW + timedelta(days=3651)
+            ),
             "is not valid at",
         ),
         (
-            lambda r, i, lf: pki.generate_ingress_leaf(
-                CertKeyPair(cert=r.cert, key=lf.key), now=NOW
+            lambda r, i, lf: pki.issue_ingress_leaf(
+                CertKeyPair(cert=r.cert, key=lf.key), lf.cert.public_key(), now=NOW
             ),
             "does not belong",
         ),
-        (lambda r, i, lf: pki.generate_ingress_leaf(r, now=NOW, host="a b"), "DNS name"),
+        (
+            lambda r, i, lf: pki.issue_ingress_leaf(r, lf.cert.public_key(), now=NOW, host="a b"),
+            "DNS name",
+        ),
     ],
 )
 def test_issuance_rejects_bad_input(
-    make: Callable[[CertKeyPair, CertKeyPair, CertKeyPair], CertKeyPair],
+    make: Callable[[CertKeyPair, CertKeyPair, CertKeyPair], x509.Certificate],
     message: str,
     root: CertKeyPair,
     intermediate: CertKeyPair,
@@ -567,6 +611,15 @@ def test_fingerprints_match_openssl(
     assert sha1.strip().split("=", 1)[1].replace(":", "") == pki.sha1_thumbprint_hex(cert)
 
 
+@pytest.mark.parametrize("which", ["root", "intermediate", "leaf"])
+def test_fingerprints_are_digests_of_the_der(which: str, request: pytest.FixtureRequest) -> None:
+    cert: x509.Certificate = request.getfixturevalue(which).cert
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert pki.sha256_fingerprint(cert) == hashlib.sha256(der).digest().hex(":").upper()
+    sha1 = hashlib.sha1(der).hexdigest().upper()  # noqa: S324 - the thumbprint is SHA-1
+    assert pki.sha1_thumbprint_hex(cert) == sha1
+
+
 def test_x5t_is_unpadded_base64url_of_sha1(leaf: CertKeyPair) -> None:
     value = pki.x5t(leaf.cert)
     assert len(value) == 27
@@ -654,6 +707,65 @@ def server_verifier(trusted: x509.Certificate, host: str) -> verification.Server
         .time(NOW)
         .build_server_verifier(x509.DNSName(host))
     )
+
+
+def ca_verifier(trusted: x509.Certificate) -> verification.ClientVerifier:
+    # The targets here are CA certificates, which the Web PKI's end-entity profile refuses
+    # ("basicConstraints.cA must not be asserted in an EE certificate"), so the target's own
+    # extensions are not judged; every issuer in the path still gets the Web PKI's CA profile,
+    # and the path RFC 5280's checks (signatures, names, validity, pathlen).
+    return (
+        verification.PolicyBuilder()
+        .store(verification.Store([trusted]))
+        .time(NOW)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+            ee_policy=verification.ExtensionPolicy.permit_all(),
+        )
+        .build_client_verifier()
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "untrusted", "path"),
+    [
+        ("intermediate", (), ("intermediate", "root")),
+        ("intermediate", ("intermediate", "root"), ("intermediate", "root")),  # cert-chain.pem
+        ("leaf", (), ("leaf", "root")),
+        ("workload", ("intermediate",), ("workload", "intermediate", "root")),
+    ],
+)
+def test_cryptography_verifies_our_chains(
+    target: str,
+    untrusted: tuple[str, ...],
+    path: tuple[str, ...],
+    request: pytest.FixtureRequest,
+    root: CertKeyPair,
+) -> None:
+    def cert(name: str) -> x509.Certificate:
+        found: x509.Certificate = request.getfixturevalue(name).cert
+        return found
+
+    verified = ca_verifier(root.cert).verify(cert(target), [cert(n) for n in untrusted])
+    assert verified.chain == [cert(n) for n in path]
+
+
+def test_cryptography_rejects_intermediate_from_another_root(
+    foreign_intermediate: CertKeyPair, other_root: CertKeyPair, root: CertKeyPair
+) -> None:
+    verifier = ca_verifier(root.cert)
+    with pytest.raises(verification.VerificationError):
+        verifier.verify(foreign_intermediate.cert, [foreign_intermediate.cert, other_root.cert])
+    # Without the foreign root: the same-named trusted root's key did not sign it.
+    with pytest.raises(verification.VerificationError, match="signature does not match"):
+        verifier.verify(foreign_intermediate.cert, [])
+
+
+def test_cryptography_enforces_pathlen_zero(
+    intermediate: CertKeyPair, sub_ca: CertKeyPair, deep_leaf: CertKeyPair, root: CertKeyPair
+) -> None:
+    with pytest.raises(verification.VerificationError, match="path length constraint violated"):
+        ca_verifier(root.cert).verify(deep_leaf.cert, [intermediate.cert, sub_ca.cert])
 
 
 def test_cryptography_server_verifier_accepts_the_ingress_leaf(
@@ -786,7 +898,7 @@ def test_signed_by(child: str, issuer: str, expected: bool, request: pytest.Fixt
 
 def test_a_leaf_cannot_act_as_issuer(leaf: CertKeyPair) -> None:
     # Matching names and a valid signature, but the "issuer" is not a CA. The
-    # generate_* functions refuse to do this, so forge the child by hand.
+    # issue_* functions refuse to do this, so forge the child by hand.
     key = rsa.generate_private_key(public_exponent=65537, key_size=SMALL)
     forged = (
         x509.CertificateBuilder()
@@ -845,7 +957,8 @@ def test_inspect_intermediate_report(intermediate: CertKeyPair, root: CertKeyPai
     assert report.chain_error is None
     assert report.problems == []
     assert report.ok
-    assert pki.validate_bundle(intermediate.cert, now=NOW, roots=[root.cert]).ok
+    # Without the key or the chain, the root alone is enough to vouch for it.
+    assert pki.inspect_bundle(intermediate.cert, now=NOW, roots=[root.cert]).problems == []
 
 
 @pytest.mark.parametrize(
@@ -938,18 +1051,19 @@ def test_inspect_without_key_or_roots(leaf: CertKeyPair) -> None:
     ]
 
 
-def test_validate_bundle_raises_with_all_problems(
+def test_inspect_lists_all_problems_of_a_foreign_bundle_without_key_material(
     foreign_intermediate: CertKeyPair, root: CertKeyPair, leaf: CertKeyPair
 ) -> None:
-    with pytest.raises(PkiError) as info:
-        pki.validate_bundle(
-            foreign_intermediate.cert, now=NOW, key=leaf.key, roots=[root.cert], expect_pathlen=0
-        )
-    message = str(info.value)
-    assert message.startswith("'L=cluster-a,CN=Intermediate CA,O=Istio' failed validation: ")
-    assert "private key does not match certificate" in message
-    assert "chain does not verify to the root" in message
-    assert "PRIVATE KEY" not in message
+    report = pki.inspect_bundle(
+        foreign_intermediate.cert, now=NOW, key=leaf.key, roots=[root.cert], expect_pathlen=0
+    )
+    assert report.subject == "L=cluster-a,CN=Intermediate CA,O=Istio"
+    assert not report.ok
+    problems = report.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("private key does not match certificate")
+    assert problems[1].startswith("chain does not verify to the root")
+    assert all("PRIVATE KEY" not in problem for problem in problems)
 
 
 def test_naive_now_is_rejected(intermediate: CertKeyPair, root: CertKeyPair) -> None:

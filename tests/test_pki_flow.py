@@ -25,6 +25,7 @@ from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.keyvault import import_cert_key, public_cert, public_pki_files
 from tasks.pki import ROOT_CA, ROOT_CERT_OBJECT, ROOT_KEY, RootCaError
+from tests.pki_offline import generate_root_ca
 
 WRITE_METHODS = {"PUT", "POST", "PATCH", "DELETE"}
 PKCS12_OID = bytes.fromhex("2a864886f70d010c")  # 1.2.840.113549.1.12: PKCS#12 bag types
@@ -186,7 +187,7 @@ def test_a_mesh_whose_root_is_an_exportable_pkcs12_certificate_keeps_working(
     # as PKCS#12 by the first versions. meshflow signs with it, and never replaces it.
     _scrub(clean_vault, azure_emulator)
     vault = load_block(KeyVault, clean_vault.key_vault_block)
-    root = pki.generate_root_ca(now=datetime.now(UTC), key_size=2048)
+    root = generate_root_ca(now=datetime.now(UTC), key_size=2048)
     import_cert_key(vault.certificate_client(), ROOT_CA, root, tags={})
     policy = vault.certificate_client().get_certificate_policy(ROOT_CA)
     assert policy.content_type == CertificateContentType.pkcs12

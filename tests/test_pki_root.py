@@ -27,6 +27,7 @@ from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings, PkiStore
 from sandbox.azure import AzureEmulator
 from tasks import pki as tpki
 from tasks.keyvault import import_cert_key, public_cert
+from tests.pki_offline import generate_root_ca
 
 SMALL = PkiSettings(ca_key_size=2048)
 CLUSTERS = ("c-one", "c-two")
@@ -235,7 +236,7 @@ def test_an_exportable_root_of_an_older_mesh_keeps_signing_and_a_split_one_conve
 ) -> None:
     vault = _vault(fresh)
     certs = vault.certificate_client()
-    first = pki.generate_root_ca(now=tpki._now(), key_size=2048)
+    first = generate_root_ca(now=tpki._now(), key_size=2048)
     import_cert_key(certs, tpki.ROOT_CA, first, tags={}, pem=True)
     refs = tpki.ensure_root(_store(fresh), CLUSTERS)
     assert refs[0].kind == "certificate"
@@ -245,14 +246,14 @@ def test_an_exportable_root_of_an_older_mesh_keeps_signing_and_a_split_one_conve
     ca = public_cert(certs.get_certificate(ca_certificate_name(CLUSTERS[0])))
     assert pki.signed_by(ca, first.cert)
     # Two concurrent runs of the old design imported a second root; root-cert holds the first.
-    second = pki.generate_root_ca(now=tpki._now(), key_size=2048)
+    second = generate_root_ca(now=tpki._now(), key_size=2048)
     import_cert_key(certs, tpki.ROOT_CA, second, tags={}, pem=True)
     tpki.ensure_root(_store(fresh), CLUSTERS)
     versions = list(certs.list_properties_of_certificate_versions(tpki.ROOT_CA))
     assert sorted(bool(v.enabled) for v in versions) == [False, True]  # the later one disabled
     assert _published_roots(fresh) == [first.cert]
     assert tpki.ensure_intermediate(_store(fresh), _c(CLUSTERS[0]))[0].written is False
-    foreign = pki.generate_root_ca(now=tpki._now(), key_size=2048).cert
+    foreign = generate_root_ca(now=tpki._now(), key_size=2048).cert
     vault.secret_client().set_secret("root-cert", foreign.public_bytes(Encoding.PEM).decode())
     with pytest.raises(tpki.RootCaError, match="nor a root that lost"):
         tpki.ensure_root(_store(fresh), CLUSTERS)

@@ -31,9 +31,6 @@ from meshflow.pki.issuance import (
     LEAF_KEY_SIZE,
     ROOT_DAYS,
     Issuer,
-    generate_ingress_leaf,
-    generate_intermediate_ca,
-    generate_root_ca,
     ingress_leaf_subject,
     intermediate_ca_subject,
     issue_ingress_leaf,
@@ -41,7 +38,7 @@ from meshflow.pki.issuance import (
     root_ca_certificate,
     root_ca_subject,
 )
-from meshflow.pki.report import BundleReport, inspect_bundle, san_strings, validate_bundle
+from meshflow.pki.report import BundleReport, inspect_bundle, san_strings
 from meshflow.pki.signing import RemoteIssuer, SignDigest, local_signer, sign_with
 from meshflow.pki.verify import (
     ChainResult,
@@ -77,9 +74,6 @@ __all__ = [
     "cert_chain_pem",
     "days_left",
     "from_pkcs12",
-    "generate_ingress_leaf",
-    "generate_intermediate_ca",
-    "generate_root_ca",
     "ingress_leaf_subject",
     "inspect_bundle",
     "intermediate_ca_subject",
@@ -100,7 +94,6 @@ __all__ = [
     "sign_with",
     "signed_by",
     "to_pkcs12",
-    "validate_bundle",
     "validity_problem",
     "verify_chain",
     "verify_signed_by",

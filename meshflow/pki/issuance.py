@@ -23,7 +23,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshflow.pki._base import (
     CertKeyPair,
     PkiError,
-    PrivateKey,
     basic_constraints,
     checked_now,
     describe,
@@ -48,7 +47,6 @@ ECHOSERVER_HOST = "echoserver.echoserver.svc.cluster.local"
 DEFAULT_BACKDATE = timedelta(hours=1)
 
 _MIN_RSA_BITS = 2048
-_PUBLIC_EXPONENT = 65537
 _MAX_LOCALITY_LEN = 128  # X.520 ub-locality-name
 _MAX_COMMON_NAME_LEN = 64  # X.520 ub-common-name
 
@@ -81,50 +79,6 @@ _Extensions = Sequence[tuple[x509.ExtensionType, bool]]
 
 Issuer: TypeAlias = CertKeyPair | RemoteIssuer
 """Who signs: a CA with its key in memory, or one whose key signs elsewhere (Key Vault)."""
-
-
-def generate_root_ca(
-    *,
-    now: datetime,
-    key_size: int = CA_KEY_SIZE,
-    days: int = ROOT_DAYS,
-    organization: str = "Istio",
-    common_name: str = "Root CA",
-    backdate: timedelta = DEFAULT_BACKDATE,
-) -> CertKeyPair:
-    """Create a self-signed root CA (``O=Istio, CN=Root CA``) with a new key in memory.
-
-    The offline form: meshflow's flows keep the root key in Key Vault instead
-    (:func:`root_ca_certificate`).
-
-    Args:
-        now: Current time, timezone-aware; notAfter is ``now + days``.
-        key_size: RSA modulus bits; Istio uses 4096, tests may pass 2048.
-        days: Validity in days.
-        organization: Subject O.
-        common_name: Subject CN.
-        backdate: How far notBefore lies before ``now`` to tolerate clock skew.
-
-    Returns:
-        The root certificate and its new private key.
-
-    Raises:
-        PkiError: A parameter is out of range.
-    """
-    now = checked_now(now)
-    name = root_ca_subject(organization=organization, common_name=common_name)
-    not_before, not_after = _validity(now, days, backdate, issuer=None)
-    # Generate the key last: it is the slow step, so bad input fails fast.
-    key = _new_rsa_key(key_size)
-    cert = _sign(
-        name,
-        key.public_key(),
-        name,
-        key,
-        (not_before, not_after),
-        _root_extensions(key.public_key()),
-    )
-    return CertKeyPair(cert=cert, key=key)
 
 
 def root_ca_subject(*, organization: str = "Istio", common_name: str = "Root CA") -> x509.Name:
@@ -251,7 +205,7 @@ def issue_intermediate_ca(
 
 @dataclass(frozen=True)
 class _IntermediateProfile:
-    """An intermediate's subject, SAN and validity, checked before any key is made or signed."""
+    """An intermediate's subject, SAN and validity, checked before its key or any signing."""
 
     name: x509.Name
     san_dns: str
@@ -282,29 +236,6 @@ class _IntermediateProfile:
             (_authority_key_id(root.cert), False),
         ]
         return _sign(self.name, public_key, root.cert.subject, root, self.validity, extensions)
-
-
-def generate_intermediate_ca(
-    root: CertKeyPair,
-    *,
-    cluster: str,
-    now: datetime,
-    key_size: int = CA_KEY_SIZE,
-    days: int = INTERMEDIATE_DAYS,
-    san_dns: str = ISTIOD_SAN,
-    backdate: timedelta = DEFAULT_BACKDATE,
-) -> CertKeyPair:
-    """A new key and :func:`issue_intermediate_ca` for it: the offline form (tests, exports).
-
-    meshflow's flows let Key Vault generate the key instead (see :mod:`tasks.pki`).
-
-    Raises:
-        PkiError: A parameter is out of range, or ``root`` cannot issue CAs now.
-    """
-    profile = _IntermediateProfile.checked(root, cluster, now, days, san_dns, backdate)
-    # Generate the key last: it is the slow step, so bad input fails fast.
-    key = _new_rsa_key(key_size)
-    return CertKeyPair(cert=profile.sign(root, key.public_key()), key=key)
 
 
 def ingress_leaf_subject(
@@ -367,39 +298,6 @@ def issue_ingress_leaf(
         (_authority_key_id(issuer.cert), False),
     ]
     return _sign(name, public_key, issuer.cert.subject, issuer, validity, extensions)
-
-
-def generate_ingress_leaf(
-    issuer: CertKeyPair,
-    *,
-    now: datetime,
-    host: str = ECHOSERVER_HOST,
-    key_size: int = LEAF_KEY_SIZE,
-    days: int = LEAF_DAYS,
-    organization: str = "Istio Services",
-    backdate: timedelta = DEFAULT_BACKDATE,
-) -> CertKeyPair:
-    """A new key in memory and :func:`issue_ingress_leaf` for it: the offline form.
-
-    meshflow's flows let Key Vault generate the key instead (see :mod:`tasks.pki`).
-
-    Raises:
-        PkiError: A parameter is out of range, or ``issuer`` cannot issue now.
-    """
-    ingress_leaf_subject(host, organization=organization)  # bad input fails before the key
-    _check_issuer(issuer, checked_now(now), issues_ca=False)
-    key = _new_rsa_key(key_size)
-    cert = issue_ingress_leaf(
-        issuer, key.public_key(), now=now, host=host, key_size=key_size, days=days,
-        organization=organization, backdate=backdate,
-    )  # fmt: skip
-    return CertKeyPair(cert=cert, key=key)
-
-
-def _new_rsa_key(key_size: int) -> rsa.RSAPrivateKey:
-    if key_size < _MIN_RSA_BITS:
-        raise PkiError(f"RSA key size {key_size} is too small; use at least {_MIN_RSA_BITS} bits")
-    return rsa.generate_private_key(public_exponent=_PUBLIC_EXPONENT, key_size=key_size)
 
 
 def _dns_name(host: str) -> str:
@@ -479,7 +377,7 @@ def _sign(
     subject: x509.Name,
     public_key: CertificatePublicKeyTypes,
     issuer_name: x509.Name,
-    issuer: Issuer | PrivateKey,
+    issuer: Issuer,
     validity: tuple[datetime, datetime],
     extensions: _Extensions,
 ) -> x509.Certificate:
@@ -496,5 +394,4 @@ def _sign(
                 f"not verify with its certificate ({problem}): the signer holds another key"
             )
         return cert
-    key = issuer.key if isinstance(issuer, CertKeyPair) else issuer
-    return builder.sign(key, signing_hash(key))
+    return builder.sign(issuer.key, signing_hash(issuer.key))

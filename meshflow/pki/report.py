@@ -17,11 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from meshflow.pki._base import (
-    PkiError,
     PrivateKey,
     basic_constraints,
     checked_now,
-    describe,
     key_matches_cert,
     key_usage,
 )
@@ -151,7 +149,7 @@ def inspect_bundle(
     """Describe a certificate (with optional key and chain) and check it.
 
     Never raises for a bad bundle: failures land in
-    :attr:`BundleReport.problems`. Use :func:`validate_bundle` to raise.
+    :attr:`BundleReport.problems`.
 
     Args:
         cert: The leaf or CA certificate under inspection.
@@ -191,50 +189,6 @@ def inspect_bundle(
         expect_pathlen=expect_pathlen,
         expect_sans=tuple(_normalise_san(san) for san in expect_sans),
     )
-
-
-def validate_bundle(
-    cert: x509.Certificate,
-    *,
-    now: datetime,
-    key: PrivateKey | None = None,
-    chain: Sequence[x509.Certificate] = (),
-    roots: Sequence[x509.Certificate] = (),
-    expect_ca: bool | None = None,
-    expect_pathlen: int | None = None,
-    expect_sans: Sequence[str] = (),
-) -> BundleReport:
-    """Like :func:`inspect_bundle`, but raise when anything is wrong.
-
-    Args:
-        cert: The leaf or CA certificate under inspection.
-        now: Time to check validity at, timezone-aware.
-        key: Its private key, if it should be checked against the certificate.
-        chain: Untrusted certificates to build the path.
-        roots: Trusted roots.
-        expect_ca: Required CA flag, or None to not check.
-        expect_pathlen: Required pathlen, or None.
-        expect_sans: SANs that must be present.
-
-    Returns:
-        The report, when it has no problems.
-
-    Raises:
-        PkiError: Listing every problem found.
-    """
-    report = inspect_bundle(
-        cert,
-        now=now,
-        key=key,
-        chain=chain,
-        roots=roots,
-        expect_ca=expect_ca,
-        expect_pathlen=expect_pathlen,
-        expect_sans=expect_sans,
-    )
-    if report.problems:
-        raise PkiError(f"{describe(cert)!r} failed validation: " + "; ".join(report.problems))
-    return report
 
 
 def san_strings(cert: x509.Certificate) -> list[str]:
