@@ -230,12 +230,19 @@ def probe(
     expected = _Expected(expect_status, expect_server)
     deadline = time.monotonic() + deadline_seconds
     attempts = 0
+    previous: _Outcome | None = None
     while True:
         attempts += 1
-        attempt_end = min(time.monotonic() + attempt_timeout, deadline)
+        full = time.monotonic() + attempt_timeout
+        attempt_end = min(full, deadline)
         outcome = _attempt(target, context, verify=verify, end=attempt_end)
+        if outcome.timed_out and attempt_end < full and previous is not None:
+            # Cut short by the deadline, not timed out on its own: the attempt before says why.
+            outcome = previous
+            break
         if outcome.permanent or (outcome.error is None and expected.met_by(outcome)):
             break
+        previous = outcome
         left = deadline - time.monotonic()
         if left <= 0:
             break

@@ -92,7 +92,7 @@ def test_load_block_reads_each_block_once_per_window_and_per_server(
     first = load_block(KeyVault, "reuse-kv")
     kv.model_copy(update={"vault_name": "second"}).save("reuse-kv", overwrite=True)
     assert load_block(KeyVault, "reuse-kv") is first  # reused within the window
-    monkeypatch.setattr(blocks, "BLOCK_REUSE_SECONDS", 0.0)
+    monkeypatch.setattr(blocks._LOADED, "ttl", 0.0)  # the window is the memo's
     assert load_block(KeyVault, "reuse-kv").vault_name == "second"  # window over: read again
     monkeypatch.setattr(blocks, "BLOCK_REUSE_SECONDS", 60.0)
     assert load_block(KeyVault, "reuse-kv").vault_name == "second"

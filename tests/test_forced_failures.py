@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import json
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from blocks import AzureCredentials, KeyVault, forget_blocks, load_block
 from flows.install import install_mesh
 from flows.pki import ensure_mesh_pki
 from flows.verify import verify_access
-from meshflow import pki
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import environment as env
 from sandbox import kube, processes
@@ -40,6 +40,7 @@ from sandbox.kube_faults import KubeFaultProxy
 from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
 from tasks.pki import ROOT_CA, ROOT_CERT_OBJECT, ROOT_KEY
+from tests.pki_offline import generate_ingress_leaf, generate_root_ca
 from tests.secret_scan import scan
 
 pytestmark = pytest.mark.e2e
@@ -169,8 +170,8 @@ def test_refusing_the_frontend_pfx_import_fails_cleanly(
     leak: Leak, azure_emulator: AzureEmulator
 ) -> None:
     now = dt.datetime.now(dt.UTC)
-    pair = pki.generate_ingress_leaf(
-        pki.generate_root_ca(now=now, key_size=2048), now=now, host="front.example"
+    pair = generate_ingress_leaf(
+        generate_root_ca(now=now, key_size=2048), now=now, host="front.example"
     )
     pfx = pkcs12.serialize_key_and_certificates(
         b"front", pair.key, pair.cert, None, serialization.NoEncryption()
@@ -219,14 +220,25 @@ def test_an_api_server_refusing_the_reader_token_or_the_remote_secret_fails_clea
 # -- retries and the join, in the real flows ----------------------------------------------------
 
 
-def _task_runs(flow_run_id: Any, prefix: str) -> list[Any]:
+def _task_runs(flow_run_id: Any, prefix: str, settle: float = 15.0) -> list[Any]:
+    """The flow run's task runs named ``prefix...``, in their final state.
+
+    Prefect 3 records task runs from the events the client sends, after the flow run may
+    already have ended, so this waits (bounded) until they are there and no longer running.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
-            flow_run_id])))  # fmt: skip
-    return [t for t in runs if t.name.startswith(prefix)]
+    deadline = time.monotonic() + settle
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+                flow_run_id])))  # fmt: skip
+        found = [t for t in runs if t.name.startswith(prefix)]
+        final = found and all(t.state_type and t.state_type.value != "RUNNING" for t in found)
+        if final or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_a_transient_failure_is_retried_and_a_refusal_is_not(leak: Leak) -> None:

@@ -91,7 +91,11 @@ def _root_pem(spec: MeshSpec) -> str:
 def installed(
     mesh_env: MeshSpec, azure_emulator: AzureEmulator, kube_clusters: list[kube.LocalCluster]
 ) -> tuple[MeshReport, list[dict[str, Any]]]:
-    """An install on the sandbox, and the API server writes it made."""
+    """The session's first install with ingress, and the API server writes it made.
+
+    First because this file runs before the other install tests (pytest's file order): the
+    HTTP objects are created here, then switched to TLS.
+    """
     audit = Audit(kube_clusters)
     report = _install(mesh_env)
     return report, audit.writes()
@@ -105,6 +109,7 @@ def test_install_creates_the_objects_of_steps_12_14_20_21(
     report, _ = installed
     assert report.ok
     (exposed,) = report.ingress
+    assert exposed.writes == 6 + 4  # 2 + 1 + 3 objects; identity, role, policy, gateway
     alpha = kube_clusters[0]
     assert exposed.cluster == mesh_env.ingress_clusters[0].name == alpha.name
     custom = client.CustomObjectsApi(_admin(alpha))

@@ -1,7 +1,8 @@
 """The ingress probes against real HTTP and HTTPS servers on 127.0.0.1 (threads, no process).
 
-Certificates come from meshflow.pki: a root, a leaf for the echoserver's DNS name signed by it,
-and an unrelated root. The servers' keys are loaded from memfd files, never written to disk.
+Certificates come from meshflow.pki (through tests/pki_offline.py): a root, a leaf for the
+echoserver's DNS name signed by it, and an unrelated root. The servers' keys are loaded from
+memfd files, never written to disk.
 Deadlines are fractions of a second; the tests assert attempts, statuses and details, never
 elapsed time.
 """
@@ -25,7 +26,7 @@ import pytest
 from pydantic import ValidationError
 
 from meshflow.errors import InvalidError
-from meshflow.pki import ECHOSERVER_HOST, CertKeyPair, generate_ingress_leaf, generate_root_ca
+from meshflow.pki import ECHOSERVER_HOST, CertKeyPair
 from tasks.probes import (
     SELF_SIGNED_FRONTEND,
     ProbeRequest,
@@ -36,6 +37,7 @@ from tasks.probes import (
     run_probe,
     verification_context,
 )
+from tests.pki_offline import generate_ingress_leaf, generate_root_ca
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 ENVOY = "istio-envoy"
@@ -359,6 +361,9 @@ def test_not_run_says_why() -> None:
         ("https://echo.example/", {"ca_pem": b"not a certificate"}, "not PEM certificates"),
         ("http://echo.example/", {"deadline_seconds": 0}, "must be positive"),
         ("http://echo.example/", {"expect_status": 42}, "not an HTTP status"),
+        ("http://echo.example:99999/", {}, "has an invalid port"),
+        ("http://echo.example/", {"connect_to": ("", 80)}, "is not an (ip, port)"),
+        ("http://echo.example/", {"connect_to": ("10.0.0.1", 0)}, "is not an (ip, port)"),
     ],
 )
 def test_unusable_requests_are_refused_before_any_attempt(
