@@ -64,6 +64,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.ingress import expose_cluster, ingress_certificates
 from flows.install import _data_plane, install_cluster, install_mesh
 from meshflow.spec import MeshSpec, PkiSettings
 from sandbox import ISTIOCTL_STANDIN, kube, postgres, processes
@@ -102,6 +103,9 @@ async def install_mesh_sequential(spec: MeshSpec) -> None:
     for s, t in pairs:
         await check_remote_secrets(s, (t,))
     await _data_plane(spec, spec.clusters)
+    await ingress_certificates(spec)  # already there: read back
+    for c in spec.ingress_clusters:
+        await expose_cluster(spec, c.name)
 
 
 def inject_latencies(emulator: EmulatorAdmin) -> None:
@@ -200,8 +204,9 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
     sample
     workload; once every cluster is installed, each source's exchange into the others, then
     that source's checks; beside them, once every exchange is done, the data-plane checks. The
-    ingress certificate follows the root; the frontend certificate needs nothing. Runs are
-    matched by the names the flow gives them (``install-cluster-<c>``,
+    ingress certificate follows the root; the frontend certificate needs nothing. Once the join
+    and both certificates are done, each ingress cluster's ``expose-cluster-<c>``, in parallel.
+    Runs are matched by the names the flow gives them (``install-cluster-<c>``,
     ``exchange-remote-secrets-from-<s>``, ``check-remote-secrets-of-<s>``, ...).
     """
     flows, tasks = await recorded_runs(parent_id)
@@ -247,12 +252,15 @@ async def critical_path(parent_id: UUID) -> dict[str, float]:
     )
     ingress = root + longest(parent_id, "ensure-ingress")
     frontend = checked_blocks + longest(parent_id, "ensure-frontend")  # needs no root
-    end = max([*clusters.values(), *checked, data_plane, ingress, frontend])
+    joined = max([*clusters.values(), *checked, data_plane, ingress, frontend])
+    exposed = [_seconds(f) for f in subflows if _FLOW_NAMES.get(f.flow_id) == "expose-cluster"]
+    end = joined + max(exposed, default=0.0)
     return {
         "blocks checked": checked_blocks,
         "then the root CA": root - checked_blocks,
         "then the slowest cluster (or its key request)": everyone - root,
-        "then exchange and checks (data-plane checks beside)": end - everyone,
+        "then exchange and checks (data-plane checks beside)": joined - everyone,
+        "then ingress (expose-cluster)": end - joined,
     }
 
 

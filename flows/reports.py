@@ -117,10 +117,12 @@ class ClusterIngress(BaseModel):
 
     def line(self) -> str:
         """One console line: endpoint, probes, certificates, AGIC."""
-        probes = ", ".join(
-            f"{p.url} {p.expected_status}: {p.status if p.status != 'not run' else p.detail}"
-            for p in self.probes
-        )
+        outcomes: dict[str, list[str]] = {}  # probes with the same outcome share one clause
+        for p in self.probes:
+            outcome = p.status if p.status != "not run" else p.detail  # "not run: <why>"
+            scheme = "HTTPS" if p.url.startswith("https:") else "HTTP"
+            outcomes.setdefault(outcome, []).append(f"{scheme} {p.expected_status}")
+        probes = "; ".join(f"{', '.join(names)} {out}" for out, names in outcomes.items())
         agic = next((c for c in self.checks if c.check == "AGIC reconciled"), None)
         agic_text = "-" if agic is None else (
             agic.status if agic.status != "not run" else f"not run: {agic.detail}"
@@ -129,7 +131,7 @@ class ClusterIngress(BaseModel):
             "not checked this run (HTTP only)" if self.https else "none (HTTP only)"
         )
         return (
-            f"{self.cluster}: {self.host} -> {self.endpoint.ip}; probes: {probes or '-'}; "
+            f"{self.cluster}: {self.host} -> {self.endpoint.ip}; probes {probes or '-'}; "
             f"App Gateway certificates: {certs}; AGIC: {agic_text}"
         )
 

@@ -25,7 +25,7 @@ from kubernetes import client, config
 
 import tasks.appgateway
 from blocks import AksCluster, KeyVault, load_block
-from flows.ingress import expose_mesh
+from flows.ingress import NO_DATA_PLANE, expose_mesh
 from flows.install import MeshReport, install_mesh
 from flows.reports import ClusterIngress
 from meshflow import appgateway as agw
@@ -228,6 +228,7 @@ def test_probes_and_agic_say_not_run_without_a_data_plane(
     line = exposed.line()
     assert line.startswith(f"{exposed.cluster}: {exposed.host} -> {exposed.endpoint.ip}")
     assert "AGIC: not run: no ingress controller" in line
+    assert f"; probes HTTP 404, HTTP 200, HTTPS 200 not run: {NO_DATA_PLANE}; " in line  # once
     assert "## Ingress" in report.markdown()
 
 
