@@ -144,6 +144,9 @@ class ClusterIngress(BaseModel):
         )
         checks = "\n".join(f"- {c.check}: {c.status}: {c.detail}" for c in self.checks)
         gateway = "\n".join(f"- {g.object}: {g.action}" for g in self.gateway)
+        if self.certificates:
+            present = ", ".join(f"`{c}`" for c in self.certificates)
+            gateway = f"- certificates on the gateway: {present}\n{gateway}".rstrip()
         return (
             f"### Ingress on {self.cluster}\n\n"
             f"Endpoint: App Gateway `{self.endpoint.gateway_id.rsplit('/', 1)[-1]}`, public IP "

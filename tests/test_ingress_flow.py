@@ -230,6 +230,9 @@ def test_probes_and_agic_say_not_run_without_a_data_plane(
     assert "AGIC: not run: no ingress controller" in line
     assert f"; probes HTTP 404, HTTP 200, HTTPS 200 not run: {NO_DATA_PLANE}; " in line  # once
     assert "## Ingress" in report.markdown()
+    assert "certificates on the gateway: `frontend-certificate`, `root-certificate`" in (
+        exposed.markdown()
+    )
 
 
 def test_a_second_install_writes_nothing_anywhere(
