@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a real kube-apiserver + kube-controller-manager (Kubernetes v1.20.2) offline from
-# Debian's source package, and install etcd. Recipe and the one required fix: shared/KUBE-LOCAL.md.
+# Debian's source package, and install etcd. The one required fix is made below (reflect2).
 #
 # Idempotent: binaries are cached under $MESHFLOW_CACHE (default ~/.cache/meshflow); a second
 # run only checks them and exits. Needs root for apt-get (CI and the sandbox run as root).
