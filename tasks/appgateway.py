@@ -267,8 +267,8 @@ def _write_certificates(
     root_pem: str,
 ) -> ArmChange:
     secret_id = agw.unversioned_secret_id(vault.url)
-    what = f"App Gateway {agw.parse_resource_id(gateway_id)[2]}: certificates and identity"
     sub, group, name = agw.parse_resource_id(gateway_id)
+    what = f"App Gateway {name}: certificates and identity"
     wrote, attempts = False, 0
     while True:  # read, and write what is missing, until ARM holds it (read back)
         gateway, etag = _read(block, cluster, gateway_id)
