@@ -12,6 +12,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 from azure.core.pipeline.transport import HttpRequest
+from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from meshflow.errors import (
@@ -164,6 +165,18 @@ def test_the_task_boundary_lets_only_meshflow_errors_out() -> None:
     assert "eyJ0eXAi" not in str(raised.value)
     with pytest.raises(NotFoundError, match="absent"):
         at_boundary(own)
+
+
+def test_a_kubernetes_error_that_escaped_its_boundary_leaves_without_its_response() -> None:
+    # tasks.kube_client translates every Kubernetes failure; one that slipped past it (a bug)
+    # still leaves the task as meshflow's error, not as the SDK's with its HTTP response.
+    def escaped() -> None:
+        raise ApiException(status=500, reason=f"token {SECRET}")
+
+    with pytest.raises(MeshflowError, match=r"^Kubernetes: ApiException$") as raised:
+        at_boundary(escaped)
+    assert raised.value.system == "Kubernetes"
+    assert "eyJ0eXAi" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
