@@ -39,7 +39,7 @@ from meshflow.manifests.ingress import (
     virtual_service,
 )
 from meshflow.spec import ClusterSpec, IngressSettings, MeshSpec
-from tasks.aks import describe_aks_cluster, secrets_provider_identity
+from tasks.aks import ClusterFacts, describe_aks_cluster, secrets_provider_identity
 from tasks.appgateway import (
     GatewayEndpoint,
     check_agic,
@@ -115,7 +115,8 @@ async def expose_cluster(spec: MeshSpec, cluster: str, http_only: bool = False) 
     """Steps 12-22 on one ingress cluster; idempotent. The certificates of 16 and 19 must exist."""
     c = spec.cluster(cluster)
     https = spec.ingress.https and not http_only
-    endpoint, state = await asyncio.gather(read_gateway_endpoint(c), read_ingress_state(c))
+    facts, state = await asyncio.gather(describe_aks_cluster(c), read_ingress_state(c))
+    endpoint = await read_gateway_endpoint(c, facts)
     host = spec.ingress.host_for(endpoint.ip)
     # Already on HTTPS, as the spec wants: neither a re-run nor --http-only steps back to HTTP.
     on_tls = state.serves_tls and spec.ingress.https
@@ -126,7 +127,7 @@ async def expose_cluster(spec: MeshSpec, cluster: str, http_only: bool = False) 
     else:
         applied, probes = await _http(c, spec.ingress, host, endpoint, state)
     if not https:
-        checks = await check_agic(c, ip=endpoint.ip, tls=on_tls,
+        checks = await check_agic(c, facts, ip=endpoint.ip, tls=on_tls,
                                   controller_ready=state.agic_ready,
                                   wait_seconds=spec.ingress.agic_seconds)  # fmt: skip
         return ClusterIngress(cluster=c.name, host=host, endpoint=endpoint, https=on_tls,
@@ -140,11 +141,11 @@ async def expose_cluster(spec: MeshSpec, cluster: str, http_only: bool = False) 
     # HTTPS was turned on since) and the gateway's certificate volume, by the install of 07.
 
     async def mount() -> tuple[list[Applied], IstioInstall]:
-        store = await _certificate_store(spec, c)
+        store = await _certificate_store(spec, c, facts)
         return store, await install_istio(spec, c, istioctl)
 
     gateway, (store, istio) = await asyncio.gather(
-        ensure_app_gateway(c, spec.key_vault_block, root_pem), mount()
+        ensure_app_gateway(c, facts, spec.key_vault_block, root_pem), mount()
     )
     applied += store
     applied += await apply_manifests(
@@ -152,7 +153,7 @@ async def expose_cluster(spec: MeshSpec, cluster: str, http_only: bool = False) 
     )
     https_probe, checks = await asyncio.gather(
         _probe(c, spec.ingress, f"https://{host}/", 200, endpoint, state, trust),
-        check_agic(c, ip=endpoint.ip, tls=True, controller_ready=state.agic_ready,
+        check_agic(c, facts, ip=endpoint.ip, tls=True, controller_ready=state.agic_ready,
                    wait_seconds=spec.ingress.agic_seconds),
     )  # fmt: skip
     return ClusterIngress(
@@ -161,11 +162,9 @@ async def expose_cluster(spec: MeshSpec, cluster: str, http_only: bool = False) 
     )  # fmt: skip
 
 
-async def _certificate_store(spec: MeshSpec, c: ClusterSpec) -> list[Applied]:
+async def _certificate_store(spec: MeshSpec, c: ClusterSpec, facts: ClusterFacts) -> list[Applied]:
     """Step 20: SecretProviderClass ``istio-tls`` in ``istio-ingress`` (one read when there)."""
-    facts, vault = await asyncio.gather(
-        describe_aks_cluster(c), run_blocking(vault_facts, spec.key_vault_block)
-    )
+    vault = await run_blocking(vault_facts, spec.key_vault_block)
     spc = ingress_secret_provider_class(
         keyvault_name=vault.vault_name,
         tenant_id=vault.tenant_id,

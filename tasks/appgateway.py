@@ -47,7 +47,7 @@ from meshflow.manifests.ingress import (
     tls_ingress,
 )
 from meshflow.spec import ClusterSpec
-from tasks.aks import AksError, ClusterFacts, cluster_facts
+from tasks.aks import AksError, ClusterFacts
 from tasks.blocking import blocking_task
 from tasks.kube import AGIC_DEPLOYMENT, DataPlaneCheck, ingress_ip_of
 from tasks.sdk_errors import azure_errors
@@ -85,9 +85,9 @@ def _arm(
     )  # fmt: skip
 
 
-def _gateway_of(cluster: ClusterSpec) -> tuple[AksCluster, str, ClusterFacts]:
+def _gateway_of(cluster: ClusterSpec, facts: ClusterFacts) -> tuple[AksCluster, str]:
+    """The cluster's block and the App Gateway its AGIC add-on writes (from ``facts``)."""
     block = load_block(AksCluster, cluster.aks_block)
-    facts = cluster_facts(cluster)
     gateway_id = facts.app_gateway_id
     if not gateway_id:
         raise AksError(
@@ -95,7 +95,7 @@ def _gateway_of(cluster: ClusterSpec) -> tuple[AksCluster, str, ClusterFacts]:
             "(ingress-appgw) or set ingress: false for it",
             system="Azure Resource Manager", target=cluster.name,
         )  # fmt: skip
-    return block, gateway_id, facts
+    return block, gateway_id
 
 
 def _read(block: AksCluster, cluster: ClusterSpec, gateway_id: str) -> tuple[agw.Json, str]:
@@ -107,12 +107,12 @@ def _read(block: AksCluster, cluster: ClusterSpec, gateway_id: str) -> tuple[agw
     return body, str(body.get("etag") or "")
 
 
-def gateway_endpoint(cluster: ClusterSpec) -> GatewayEndpoint:
+def gateway_endpoint(cluster: ClusterSpec, facts: ClusterFacts) -> GatewayEndpoint:
     """Step 12: the public IP of the cluster's App Gateway (frontend IP configuration).
 
     A read. Raises :class:`~tasks.aks.AksError` when the gateway has no public frontend.
     """
-    block, gateway_id, _ = _gateway_of(cluster)
+    block, gateway_id = _gateway_of(cluster, facts)
     gateway, _ = _read(block, cluster, gateway_id)
     public_ip_id = agw.frontend_public_ip_id(gateway)
     if public_ip_id is None:
@@ -226,7 +226,9 @@ def _vault_arm(vault: KeyVault, action: str) -> AbstractContextManager[None]:
     )  # fmt: skip
 
 
-def ensure_gateway(cluster: ClusterSpec, key_vault_block: str, root_pem: str) -> list[ArmChange]:
+def ensure_gateway(
+    cluster: ClusterSpec, facts: ClusterFacts, key_vault_block: str, root_pem: str
+) -> list[ArmChange]:
     """Steps 17-18 on the cluster's App Gateway; idempotent (a second run writes nothing).
 
     The identity ``appgw-id`` (created in the gateway's resource group if absent), the
@@ -239,7 +241,7 @@ def ensure_gateway(cluster: ClusterSpec, key_vault_block: str, root_pem: str) ->
     Raises:
         ConflictError: the gateway changed under every one of :data:`WRITE_ATTEMPTS` writes.
     """
-    block, gateway_id, facts = _gateway_of(cluster)
+    block, gateway_id = _gateway_of(cluster, facts)
     vault = load_block(KeyVault, key_vault_block)
     tenant = vault.tenant_id or vault.credentials.tenant_id or ""
     if not facts.agic_principal_id:
@@ -298,7 +300,13 @@ def _write_certificates(
 
 
 def agic_reconciled(
-    cluster: ClusterSpec, *, ip: str, tls: bool, controller_ready: bool, wait_seconds: float
+    cluster: ClusterSpec,
+    facts: ClusterFacts,
+    *,
+    ip: str,
+    tls: bool,
+    controller_ready: bool,
+    wait_seconds: float,
 ) -> list[DataPlaneCheck]:
     """What AGIC made of the Ingress: the App Gateway it wrote, and the Ingress's status. A read.
 
@@ -315,7 +323,7 @@ def agic_reconciled(
             DataPlaneCheck(cluster=name, check="AGIC reconciled", status="not run", detail=detail),
             DataPlaneCheck(cluster=name, check="Ingress status", status="not run", detail=detail),
         ]
-    block, gateway_id, _ = _gateway_of(cluster)
+    block, gateway_id = _gateway_of(cluster, facts)
     ingress = tls_ingress() if tls else http_ingress()
     deadline = time.monotonic() + wait_seconds
     while True:

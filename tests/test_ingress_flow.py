@@ -353,7 +353,8 @@ def test_a_write_between_read_and_put_is_a_412_and_neither_is_lost(
     emulator.clear_log()
     root = _root_pem(mesh_env)
     ingress = mesh_env.ingress_clusters[0]
-    (*_, change) = tasks.appgateway.ensure_gateway(ingress, mesh_env.key_vault_block, root)
+    facts = cluster_facts(ingress)
+    (*_, change) = tasks.appgateway.ensure_gateway(ingress, facts, mesh_env.key_vault_block, root)
     assert change.action == "updated"
     puts = [
         r["status"] for r in emulator.requests_log()
@@ -465,11 +466,12 @@ def test_what_agic_did_is_read_back_from_arm_and_the_ingress_status(
 ) -> None:
     # No AGIC runs here: write what it would (gateway parts, Ingress status) and read it back.
     ingress, alpha = mesh_env.ingress_clusters[0], kube_clusters[0]
-    ip = tasks.appgateway.gateway_endpoint(ingress).ip
+    facts = cluster_facts(ingress)
+    ip = tasks.appgateway.gateway_endpoint(ingress, facts).ip
 
     def check() -> dict[str, tuple[str, str]]:
         found = tasks.appgateway.agic_reconciled(
-            ingress, ip=ip, tls=True, controller_ready=True, wait_seconds=0.5
+            ingress, facts, ip=ip, tls=True, controller_ready=True, wait_seconds=0.5
         )
         return {c.check: (c.status, c.detail) for c in found}
 
