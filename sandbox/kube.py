@@ -403,6 +403,18 @@ def _wait_ready(layout: ClusterLayout, pid: int, timeout: float) -> None:
     )
 
 
+def _require_running(name: str, layout: ClusterLayout, proc: str, pid: int) -> None:
+    """Raise, with its log's tail, if the cluster's ``proc`` has exited.
+
+    An API server can be ready on an etcd that is not its own: one that lost its port to
+    another server has exited, and the port answers for someone else.
+    """
+    if not processes.is_running(pid, str(layout.directory)):
+        log = layout.log(proc)
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise SandboxError(f"{name} {proc} (pid {pid}) exited; log tail:\n{tail}")
+
+
 def _strip_keys(node: Any, key: str) -> Any:
     if isinstance(node, dict):
         return {k: _strip_keys(v, key) for k, v in node.items() if k != key}
@@ -417,6 +429,22 @@ def crd_documents() -> Iterator[dict[str, Any]]:
         for doc in yamlio.load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 yield _strip_keys(doc, "x-kubernetes-validations")
+
+
+def _create_crd(ext: Any, doc: dict[str, Any]) -> None:
+    """Create one CRD; one that already exists counts as created.
+
+    A loaded API server can answer 409 to the first create: the client's connection was
+    retried after the server had stored the object (seen in CI).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        # The client sends a plain dict as is; no need to build the typed model.
+        ext.create_custom_resource_definition(doc)
+    except ApiException as err:
+        if err.status != 409:
+            raise
 
 
 def _ensure_crds(kubeconfig_path: Path) -> None:
@@ -438,8 +466,7 @@ def _ensure_crds(kubeconfig_path: Path) -> None:
         docs = list(crd_documents())
         for doc in docs:
             if doc["metadata"]["name"] not in present:
-                # The client sends a plain dict as is; no need to build the typed model.
-                ext.create_custom_resource_definition(doc)  # type: ignore[arg-type]
+                _create_crd(ext, doc)
         pending = {str(doc["metadata"]["name"]) for doc in docs}
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
@@ -512,6 +539,7 @@ def _bring_up(
                 started.append(pids[proc])
             if proc == "kube-apiserver":
                 _wait_ready(layout, pids[proc], READY_TIMEOUT)
+                _require_running(name, layout, "etcd", pids["etcd"])
         _ensure_crds(layout.admin_kubeconfig)
     except BaseException:
         processes.stop([(pid, marker) for pid in reversed(started)])

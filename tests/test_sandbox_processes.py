@@ -42,6 +42,15 @@ def test_a_free_port_passes() -> None:
     processes.require_free_ports("emulator", [port])
 
 
+def test_servers_started_together_never_get_the_same_port() -> None:
+    # Picked from many threads before any server listens, as parallel clusters do.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ports = list(pool.map(lambda _: processes.free_port(), range(400)))
+    assert len(set(ports)) == len(ports)
+
+
 def test_a_closed_connection_in_time_wait_does_not_hold_the_port() -> None:
     # A killed server's accepted connections can linger in TIME_WAIT; servers bind with
     # SO_REUSEADDR, so such a port is free for the restart.
