@@ -404,7 +404,7 @@ def _allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
 
 
 def test_reader_role_covers_what_a_remote_istiod_reads() -> None:
-    role = m.reader_cluster_role(REV)
+    role = m.reader_cluster_role(REV, SPEC.istio_version)
     assert object_key(role) == (
         "rbac.authorization.k8s.io/v1",
         "ClusterRole",
@@ -423,6 +423,7 @@ def test_reader_role_covers_what_a_remote_istiod_reads() -> None:
     assert _allows(rules, "authorization.k8s.io", "subjectaccessreviews", "create")
     assert not _allows(rules, "", "secrets", "create")
     assert not _allows(rules, "", "pods", "delete")
+    assert not _allows(rules, "", "configmaps", "list")  # 1.27 stopped reading them (#56838)
 
 
 def test_reader_binding_service_account_and_token_secret() -> None:
@@ -835,7 +836,7 @@ def test_remote_secret_built_from_the_reader_token_gives_istiod_its_reads(
     api, ns = server.api, server.namespace
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
     suffix = secrets.token_hex(3)
-    role = m.reader_cluster_role(REV)
+    role = m.reader_cluster_role(REV, SPEC.istio_version)
     role["metadata"]["name"] += f"-{suffix}"
     binding = m.reader_cluster_role_binding(REV)
     binding["metadata"]["name"] = binding["roleRef"]["name"] = role["metadata"]["name"]

@@ -62,7 +62,7 @@ def post_install_manifests(spec: MeshSpec, cluster: ClusterSpec) -> list[Manifes
     rev = spec.istio_revision
     objects = [
         reader_service_account(),
-        reader_cluster_role(rev),
+        reader_cluster_role(rev, spec.istio_version),
         reader_cluster_role_binding(rev),
         reader_token_secret(),
         echoserver_namespace(rev),

@@ -1,8 +1,9 @@
 """Remote secrets (step 08), shaped exactly as ``istioctl create-remote-secret`` makes them.
 
 In the *source* cluster: the reader ServiceAccount, its ClusterRole and ClusterRoleBinding (as
-Istio's chart renders them: ``manifests/charts/istio-control/istio-discovery/templates/
-reader-clusterrole.yaml`` and ``reader-clusterrolebinding.yaml``) and a long-lived token Secret
+the chart of the mesh's Istio minor renders them: ``manifests/charts/istio-control/
+istio-discovery/templates/reader-clusterrole.yaml`` and ``reader-clusterrolebinding.yaml``; the
+rules per minor in :data:`READER_RULES`) and a long-lived token Secret
 (``getOrCreateServiceAccountSecret`` in ``istioctl/pkg/multicluster/remote_secret.go``; since
 Kubernetes 1.24 nothing creates it for you). In every *other* cluster: the remote secret
 (``createRemoteServiceAccountSecret`` in the same file).
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from meshflow.kubeconfig import parse_kubeconfig
 from meshflow.manifests._meta import ISTIO_NAMESPACE, Manifest, metadata
@@ -28,7 +30,7 @@ SERVICE_ACCOUNT_NAME_ANNOTATION = "kubernetes.io/service-account.name"
 MCS_API_GROUP = "multicluster.x-k8s.io"
 _READER_LABELS = {"app": "istio-reader", "app.kubernetes.io/name": "istio-reader"}
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_READ = ["get", "list", "watch"]
+_RELEASE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 def reader_cluster_role_name(revision: str) -> str:
@@ -48,84 +50,138 @@ def reader_service_account() -> Manifest:
     }
 
 
-def reader_rules() -> list[dict[str, Any]]:
-    """What a remote istiod reads, as Istio's ``reader-clusterrole.yaml`` grants it.
+class ReaderRule(NamedTuple):
+    """One ``PolicyRule`` of the reader ClusterRole, spelt and ordered as the chart spells it.
+
+    Order matters: ``rules`` and ``verbs`` are lists, and ``istioctl install`` applies the same
+    ClusterRole; meshflow's copy compares equal to istioctl's only if every list is the same.
+    """
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def manifest(self) -> dict[str, list[str]]:
+        """The rule as a JSON-ready ``PolicyRule`` (fresh lists)."""
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+_READ = ("get", "list", "watch")
+_GET_WATCH_LIST = ("get", "watch", "list")  # the chart's order for workloadentries and gateways
+_ISTIO_CONFIG = ReaderRule(
+    (
+        "config.istio.io",
+        "security.istio.io",
+        "networking.istio.io",
+        "authentication.istio.io",
+        "rbac.istio.io",
+        "telemetry.istio.io",
+        "extensions.istio.io",
+    ),
+    ("*",),
+    _READ,
+)
+_CORE = (
+    "endpoints",
+    "pods",
+    "services",
+    "nodes",
+    "replicationcontrollers",
+    "namespaces",
+    "secrets",
+)
+_AFTER_CORE = (
+    ReaderRule(("networking.istio.io",), ("workloadentries",), _GET_WATCH_LIST),
+    ReaderRule(
+        ("networking.x-k8s.io", "gateway.networking.k8s.io"), ("gateways",), _GET_WATCH_LIST
+    ),
+    ReaderRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), _READ),
+    ReaderRule(("discovery.k8s.io",), ("endpointslices",), _READ),
+    ReaderRule((MCS_API_GROUP,), ("serviceexports",), (*_READ, "create", "delete")),
+    ReaderRule((MCS_API_GROUP,), ("serviceimports",), _READ),
+    ReaderRule(("apps",), ("replicasets",), _READ),
+    ReaderRule(("authentication.k8s.io",), ("tokenreviews",), ("create",)),
+    ReaderRule(("authorization.k8s.io",), ("subjectaccessreviews",), ("create",)),
+)
+
+READER_RULES: Mapping[str, tuple[ReaderRule, ...]] = {
+    # Core configmaps are read too (istio/istio#56097); the same in 1.26.0 to 1.26.8.
+    "1.26": (_ISTIO_CONFIG, ReaderRule(("",), (*_CORE, "configmaps"), _READ), *_AFTER_CORE),
+    # istiod stops reading remote clusters' configmaps (istio/istio#56838); 1.27.0 to 1.27.9.
+    "1.27": (_ISTIO_CONFIG, ReaderRule(("",), _CORE, _READ), *_AFTER_CORE),
+}
+"""The reader ClusterRole's rules per Istio minor, as that release's chart renders them.
+
+``manifests/charts/istio-control/istio-discovery/templates/reader-clusterrole.yaml`` without
+``istiodRemote`` and with the default ``MCS_API_GROUP``: what ``istioctl install`` applies for
+the profile meshflow uses. ``tests/data/istio/<version>/`` holds each chart's text; the tests
+check every table against it.
+"""
+
+
+def istio_minor(istio_version: str) -> str:
+    """``"1.27"`` for ``"1.27.3"``: the Istio minor a release belongs to.
+
+    Raises:
+        ValueError: ``istio_version`` is not ``MAJOR.MINOR.PATCH``.
+    """
+    found = _RELEASE.match(istio_version)
+    if not found:
+        raise ValueError(
+            f"Istio version {istio_version!r} is not MAJOR.MINOR.PATCH; give a release such "
+            "as 1.27.3"
+        )
+    return f"{found[1]}.{found[2]}"
+
+
+def _minor_key(minor: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in minor.split("."))
+
+
+def reader_rules(istio_version: str) -> list[dict[str, Any]]:
+    """What a remote istiod reads, exactly as ``istio_version``'s chart grants it (fresh dicts).
 
     Without ``istiodRemote``: read Istio config and the objects service discovery watches
-    (endpoint slices, pods, services, nodes, namespaces, secrets for remote credentials...),
-    create/delete MCS service exports, and create token and access reviews.
+    (endpoint slices, pods, services, nodes, namespaces, secrets for remote credentials; core
+    configmaps only before 1.27), create/delete MCS service exports, and create token and
+    access reviews. Chosen by the release's minor from :data:`READER_RULES`.
+
+    Raises:
+        ValueError: ``istio_version`` is not ``MAJOR.MINOR.PATCH``, or its minor has no table
+            (the message lists the minors that have one).
     """
-    return [
-        {
-            "apiGroups": [
-                "config.istio.io",
-                "security.istio.io",
-                "networking.istio.io",
-                "authentication.istio.io",
-                "rbac.istio.io",
-                "telemetry.istio.io",
-                "extensions.istio.io",
-            ],
-            "resources": ["*"],
-            "verbs": list(_READ),
-        },
-        {
-            "apiGroups": [""],
-            "resources": [
-                "endpoints",
-                "pods",
-                "services",
-                "nodes",
-                "replicationcontrollers",
-                "namespaces",
-                "secrets",
-                "configmaps",
-            ],
-            "verbs": list(_READ),
-        },
-        {
-            "apiGroups": ["networking.istio.io"],
-            "resources": ["workloadentries"],
-            "verbs": list(_READ),
-        },
-        {
-            "apiGroups": ["networking.x-k8s.io", "gateway.networking.k8s.io"],
-            "resources": ["gateways"],
-            "verbs": list(_READ),
-        },
-        {
-            "apiGroups": ["apiextensions.k8s.io"],
-            "resources": ["customresourcedefinitions"],
-            "verbs": list(_READ),
-        },
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(_READ)},
-        {
-            "apiGroups": [MCS_API_GROUP],
-            "resources": ["serviceexports"],
-            "verbs": [*_READ, "create", "delete"],
-        },
-        {"apiGroups": [MCS_API_GROUP], "resources": ["serviceimports"], "verbs": list(_READ)},
-        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": list(_READ)},
-        {
-            "apiGroups": ["authentication.k8s.io"],
-            "resources": ["tokenreviews"],
-            "verbs": ["create"],
-        },
-        {
-            "apiGroups": ["authorization.k8s.io"],
-            "resources": ["subjectaccessreviews"],
-            "verbs": ["create"],
-        },
-    ]
+    minor = istio_minor(istio_version)
+    table = READER_RULES.get(minor)
+    if table is None:
+        supported = ", ".join(sorted(READER_RULES, key=_minor_key))
+        raise ValueError(
+            f"Istio {istio_version}: meshflow has no reader rules for Istio {minor} (it has "
+            f"them for {supported}); use a release of those, or add the {minor} table to "
+            "meshflow.manifests.multicluster.READER_RULES from that release's "
+            "reader-clusterrole.yaml"
+        )
+    return [rule.manifest() for rule in table]
 
 
-def reader_cluster_role(revision: str) -> Manifest:
-    """Step 08: ClusterRole ``istio-reader-clusterrole-<rev>-istio-system``."""
+def reader_cluster_role(revision: str, istio_version: str) -> Manifest:
+    """Step 08: ClusterRole ``istio-reader-clusterrole-<rev>-istio-system`` of ``istio_version``.
+
+    Its rules are :func:`reader_rules` of that release: the object ``istioctl install`` of that
+    release applies too (same name and rules, labels a subset of the chart's), so where istioctl
+    applied it first, meshflow's apply finds it already satisfied and writes nothing.
+
+    Raises:
+        ValueError: see :func:`reader_rules`.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": metadata(reader_cluster_role_name(revision), labels=_READER_LABELS),
-        "rules": reader_rules(),
+        "rules": reader_rules(istio_version),
     }
 
 
