@@ -27,7 +27,8 @@ from tasks.aks import cluster_access
 from tasks.sdk_errors import kube_connection_error, kube_status_error
 
 FIELD_MANAGER = "meshflow"
-Action = Literal["created", "updated", "unchanged"]
+Action = Literal["created", "updated", "unchanged", "kept"]
+"""What :func:`apply_object` did; ``kept``: it differs, but in a co-owner's fields, left alone."""
 
 
 class KubeClient(k8s.ApiClient):
@@ -162,11 +163,67 @@ def request_json(
     return json.loads(resp.data) if resp.data else None
 
 
+CO_OWNERS: frozenset[str] = frozenset({"istio-operator"})
+"""Field managers whose fields meshflow never takes over (server-side apply's ``force``).
+
+``istio-operator`` is what ``istioctl install`` applies as (``fieldOwnerOperator`` in istio/istio
+``operator/pkg/install/install.go``, with force): it renders objects meshflow also applies (the
+reader ClusterRole). Were meshflow to force its copy, the two would take each other's fields on
+every run. Other managers' fields (``kubectl edit``; meshflow's own create, which the server
+records as an ``Update`` by ``meshflow``) are taken.
+"""
+
+
+def _changed_fields(desired: Any, live: Any, owned: dict[str, Any], at: str) -> list[str]:
+    """The paths under ``at`` that ``owned`` covers and where ``desired`` is not ``live``.
+
+    ``owned`` is one manager's FieldsV1 tree at ``at``. A map it owns key by key is followed
+    key by key (owning only its presence, ``.``, owns none of its keys); a node it owns whole
+    (``{}``: a scalar, an atomic list such as ``rules``) or in parts meshflow cannot tell apart
+    (a list's ``k:``/``v:``/``i:`` items) counts as one field, changed unless it equals the
+    live value.
+    """
+    if not owned or not isinstance(desired, dict):
+        return [] if desired == live else [at]
+    have = live if isinstance(live, dict) else {}
+    paths = []
+    for key, want in desired.items():
+        sub = owned.get(f"f:{key}")
+        if sub is not None:
+            paths += _changed_fields(want, have.get(key), sub, f"{at}.{key}")
+    return paths
+
+
+def co_owned_changes(live: dict[str, Any], desired: dict[str, Any]) -> dict[str, list[str]]:
+    """The fields ``desired`` would change in ``live`` that a co-owner (:data:`CO_OWNERS`) owns.
+
+    Read from ``live``'s ``metadata.managedFields``: manager → paths as server-side apply names
+    them in a conflict (``.rules``, ``.metadata.labels.app``). Empty when applying ``desired``
+    would take nothing from a co-owner. Pure.
+    """
+    changes: dict[str, list[str]] = {}
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        manager = str(entry.get("manager") or "")
+        owned = entry.get("fieldsV1")
+        if manager not in CO_OWNERS or not isinstance(owned, dict):
+            continue
+        paths = _changed_fields(body, live, owned, "")
+        if paths:
+            known = changes.setdefault(manager, [])
+            known += [p for p in paths if p not in known]
+    return changes
+
+
 def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Applied:
     """Create ``obj``, or server-side apply it if the live object differs; else write nothing.
 
     Idempotent: a converged object costs one GET. Conflicting create races are retried by
-    reading again.
+    reading again. An object whose apply would change a field a co-owner manages
+    (:data:`CO_OWNERS`, e.g. the reader ClusterRole ``istioctl install`` applied with other
+    rules; see :func:`co_owned_changes`) is not written at all, its other differences
+    included, and comes back ``kept``: it is the co-owner's to change, and a re-run writes
+    nothing. Otherwise the apply is forced: other managers' fields are meshflow's to restore.
 
     Raises:
         InvalidError, ForbiddenError, NotFoundError: the server rejected the object (400/422,
@@ -187,6 +244,8 @@ def apply_object(api: k8s.ApiClient, obj: dict[str, Any], *, cluster: str) -> Ap
             live = request_json(api, "GET", path.item, what=what) or {}
     if satisfies(live, obj):
         return Applied(cluster=cluster, object=what, action="unchanged")
+    if co_owned_changes(live, obj):
+        return Applied(cluster=cluster, object=what, action="kept")
     request_json(
         api,
         "PATCH",
