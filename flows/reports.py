@@ -74,7 +74,7 @@ class ClusterInstall(BaseModel):
         """Objects created or updated, its CA's Key Vault versions included (0 when converged)."""
         return (
             sum(o.written for o in self.ca)
-            + sum(a.action != "unchanged" for a in self.applied)
+            + sum(a.written for a in self.applied)
             + (self.istio.action != "unchanged")
         )
 
@@ -97,7 +97,7 @@ class ClusterIngress(BaseModel):
     def writes(self) -> int:
         """Objects created or updated in the cluster and in ARM (0 when converged)."""
         return (
-            sum(a.action != "unchanged" for a in self.applied)
+            sum(a.written for a in self.applied)
             + sum(g.action != "unchanged" for g in self.gateway)
             + (self.istio is not None and self.istio.action != "unchanged")
         )
@@ -206,7 +206,7 @@ class MeshReport(BaseModel):
         return (
             sum(o.written for o in self.shared_pki)
             + sum(c.writes for c in self.clusters)
-            + sum(s.action != "unchanged" for s in self.remote_secrets)
+            + sum(s.written for s in self.remote_secrets)
             + sum(i.writes for i in self.ingress)
         )
 

@@ -115,6 +115,11 @@ class Applied(BaseModel):
     object: str
     action: Action
 
+    @property
+    def written(self) -> bool:
+        """Whether this apply wrote the object (``kept`` and ``unchanged`` wrote nothing)."""
+        return self.action in ("created", "updated")
+
 
 def request_json(
     api: k8s.ApiClient,

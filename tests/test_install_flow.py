@@ -195,9 +195,9 @@ def test_pki_is_reported_once_per_object_and_each_cluster_owns_its_ca(
         assert {o.name for o in c.ca} == {f"{c.cluster}-ca-cert", f"{c.cluster}-cert-chain"}
         assert all(o.written for o in c.ca)  # the first run issued them
     assert first_run.writes == sum(o.written for o in first_run.pki.objects) + sum(
-        a.action != "unchanged" for c in first_run.clusters for a in c.applied
+        a.written for c in first_run.clusters for a in c.applied
     ) + sum(c.istio.action != "unchanged" for c in first_run.clusters) + sum(
-        r.action != "unchanged" for r in first_run.remote_secrets
+        r.written for r in first_run.remote_secrets
     ) + sum(i.writes for i in first_run.ingress)
     (exposed,) = first_run.ingress  # the sandbox's first cluster is behind an App Gateway
     assert exposed.ok  # what its first run writes: tests/test_ingress_flow.py
