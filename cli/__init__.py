@@ -304,6 +304,39 @@ def expose(
         raise _fail("the ingress has problems; see the ingress artifact in the Prefect UI")
 
 
+@app.command("rotate")
+def rotate(
+    env: EnvOption = "sandbox",
+    force: Annotated[
+        bool, typer.Option("--force", help="Reissue every intermediate and the ingress leaf.")
+    ] = False,
+    threshold_days: Annotated[
+        int | None,
+        typer.Option(
+            "--threshold-days",
+            min=1,
+            help="Reissue what expires within N days "
+            "(default: the mesh's pki.rotation_threshold_days).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be reissued; write nothing.")
+    ] = False,
+) -> None:
+    """Rotate the intermediates and the ingress certificate (same root) and roll them out."""
+    from flows.rotate import rotate_certificates
+
+    with _environment(env) as (spec, api_url):
+        report = asyncio.run(
+            rotate_certificates(spec, threshold_days=threshold_days, force=force, dry_run=dry_run)
+        )
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"  details: {api_url.removesuffix('/api')} (artifact rotation-{env})")
+    if report.problems:
+        raise _fail("the rotation found problems: " + "; ".join(report.problems[:3]))
+
+
 def _use_sandbox_istioctl(env: str) -> None:
     # The sandbox cannot download istioctl: use the labelled stand-in unless told otherwise.
     if env == "sandbox":

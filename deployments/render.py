@@ -29,8 +29,11 @@ FLOWS: tuple[tuple[str, str, str | None, str], ...] = (
      "Ingress of an installed mesh: HTTP, then HTTPS through each ingress cluster's App Gateway."),
     ("verify-access", "flows/verify.py:verify_access", "0 * * * *",
      "Hourly: every cluster's credentials and API server, and Key Vault, still work."),
-    ("ensure-mesh-pki", "flows/pki.py:ensure_mesh_pki", "0 3 * * *",
-     "Daily: reissue intermediates and ingress certificates within the rotation threshold."),
+    ("ensure-mesh-pki", "flows/pki.py:ensure_mesh_pki", None,
+     "The mesh PKI in Key Vault on its own: root, intermediates, ingress certificates."),
+    ("rotate-certificates", "flows/rotate.py:rotate_certificates", "0 3 * * *",
+     "Daily: reissue intermediates and the ingress certificate within the rotation threshold, "
+     "see them reach the pods, check the frontend's renewal; a table and events per run."),
 )  # fmt: skip
 PER_CLUSTER = ("install-cluster", "flows/install.py:install_cluster")
 

@@ -84,6 +84,22 @@ def _props(item: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return (item or {}).get("properties") or {}
 
 
+def frontend_secret_id(gateway: Mapping[str, Any]) -> str | None:
+    """The Key Vault secret id the gateway's ``frontend-certificate`` references, if any."""
+    ssl = _props(_named(_props(gateway).get("sslCertificates"), FRONTEND_CERTIFICATE))
+    value = ssl.get("keyVaultSecretId")
+    return str(value) if value else None
+
+
+def is_unversioned(secret_id: str) -> bool:
+    """Whether ``https://<vault>/secrets/<name>[/<version>]`` names no version.
+
+    Only an unversioned id makes the gateway pick up a renewed certificate by itself.
+    """
+    path = secret_id.split("://", 1)[-1].rstrip("/").split("/")
+    return len(path) == 3 and path[1].lower() == "secrets"
+
+
 def missing(
     gateway: Mapping[str, Any], *, identity_id: str, secret_id: str, root_pem: str
 ) -> list[str]:

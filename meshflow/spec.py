@@ -105,6 +105,20 @@ class IngressSettings(_Frozen):
         return host
 
 
+class RotationSettings(_Frozen):
+    """How a rotation run makes new certificate versions reach the clusters."""
+
+    mount_wait_seconds: float = Field(
+        default=150.0, ge=0, le=3600,
+        description="How long to wait for the pods' CSI mounts to show the new Key Vault "
+        "versions (the driver polls every 2 minutes by default).",
+    )  # fmt: skip
+    restart_istiod_on_timeout: bool = Field(
+        default=False,
+        description="Restart istiod where its mounts did not show the new versions in time.",
+    )
+
+
 class PkiStore(_Frozen):
     """Where the mesh PKI lives and how it is made: what every PKI task takes."""
 
@@ -154,6 +168,7 @@ class MeshSpec(_Frozen):
     )
     pki: PkiSettings = Field(default_factory=PkiSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
+    rotation: RotationSettings = Field(default_factory=RotationSettings)
     clusters: tuple[ClusterSpec, ...] = Field(min_length=1, description="At least one cluster.")
 
     @model_validator(mode="after")

@@ -353,6 +353,17 @@ def agic_reconciled(
 
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
+
+def frontend_reference(cluster: ClusterSpec, facts: ClusterFacts) -> str | None:
+    """The secret id the cluster's App Gateway serves ``frontend-certificate`` from; a read.
+
+    None when the gateway has no such SSL certificate (step 17 has not run).
+    """
+    block, gateway_id = _gateway_of(cluster, facts)
+    gateway, _ = _read(block, cluster, gateway_id)
+    return agw.frontend_secret_id(gateway)
+
+
 read_gateway_endpoint = blocking_task(
     "read-gateway-endpoint", task_run_name="read-gateway-endpoint-{cluster.name}"
 )(gateway_endpoint)
@@ -362,3 +373,6 @@ ensure_app_gateway = blocking_task(
 check_agic = blocking_task("check-agic", task_run_name="check-agic-{cluster.name}", retry=False)(
     agic_reconciled
 )
+read_frontend_reference = blocking_task(
+    "read-frontend-reference", task_run_name="read-frontend-reference-{cluster.name}"
+)(frontend_reference)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -24,12 +25,15 @@ from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
     READER_TOKEN_SECRET,
+    SECRET_PROVIDER_CLASS,
     cross_cluster_call_job,
     remote_secret,
     remote_secret_name,
 )
 from meshflow.manifests.ingress import tls_gateway
+from meshflow.manifests.install import istiod_deployment_name
 from meshflow.objects import object_path, satisfies
+from meshflow.rotation import IstiodRestart, MountCheck, restart_reason, stale_mounts
 from meshflow.spec import ClusterSpec
 from tasks.aks import cluster_access
 from tasks.blocking import blocking_task
@@ -155,7 +159,8 @@ def exchange_from(source: ClusterSpec, targets: Sequence[ClusterSpec]) -> list[A
 
 # -- Validation ------------------------------------------------------------------------------
 
-# What istiod needs to read in a remote cluster (its informers list and watch these).
+# What istiod needs to read in a remote cluster (its informers list and watch these). Not
+# configmaps: since Istio 1.27 istiod reads none from remote clusters (istio/istio#56838).
 READER_NEEDS: tuple[tuple[str, str], ...] = (
     ("", "pods"),
     ("", "services"),
@@ -163,7 +168,6 @@ READER_NEEDS: tuple[tuple[str, str], ...] = (
     ("", "namespaces"),
     ("", "nodes"),
     ("", "secrets"),
-    ("", "configmaps"),
     ("discovery.k8s.io", "endpointslices"),
 )
 REVIEWED = ("list", "watch")
@@ -216,7 +220,7 @@ def _reader_access(kubeconfig: str) -> _Reach:
     reader = api_client_for(access)
     needs = [(verb, group, resource) for group, resource in READER_NEEDS for verb in REVIEWED]
     try:
-        # 16 independent round trips to the source cluster: asked 4 at a time (4 connections).
+        # 14 independent round trips to the source cluster: asked 4 at a time (4 connections).
         with ThreadPoolExecutor(4, thread_name_prefix="meshflow-review") as pool:
             allowed = list(pool.map(lambda n: _access_review(reader, *n), needs))
     except MeshflowError as exc:
@@ -238,7 +242,7 @@ def check_from(source: ClusterSpec, targets: Sequence[ClusterSpec]) -> list[Remo
     ``source``: the stored kubeconfig authenticates to the source (TLS verified with its own
     CA), whose reader may list and watch what istiod needs. A read. The exchange writes one
     kubeconfig into every target, and the same bytes (server, CA, token) get the same answers:
-    identical copies are reviewed once, so a source costs 16 access reviews rather than 16 per
+    identical copies are reviewed once, so a source costs 14 access reviews rather than 14 per
     target. A copy that differs (a stale token, an edit) is reviewed on its own, and each
     target's copy is read.
     """
@@ -377,6 +381,108 @@ def ingress_ip_of(cluster: ClusterSpec, ingress: dict[str, Any]) -> str | None:
     return ingress_ip(request_json(api_client(cluster.aks_block), "GET", object_path(ingress).item))
 
 
+# -- Rotation: new Key Vault versions reaching the pods --------------------------------------
+
+SPC_STATUS_API = "/apis/secrets-store.csi.x-k8s.io/v1"
+ROOT_CONFIGMAP = "istio-ca-root-cert"
+"""The ConfigMap istiod writes its root into, in every namespace (``root-cert.pem``)."""
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+ROTATION_RUN_ANNOTATION = "meshflow.io/rotation-run"
+
+
+def mounted_versions(
+    cluster: ClusterSpec, namespace: str, expected: dict[str, str], wait_seconds: float
+) -> MountCheck:
+    """Wait (bounded) until every pod mounting ``istio-tls`` in ``namespace`` holds ``expected``.
+
+    Reads the CSI driver's ``SecretProviderClassPodStatus`` objects: one per pod and mount, each
+    listing the ``<type>/<name>`` id and Key Vault version of every mounted object. Without a
+    pod that mounts it the check is "not run: no pods". A read.
+    """
+    api = api_client(cluster.aks_block)
+    path = f"{SPC_STATUS_API}/namespaces/{namespace}/secretproviderclasspodstatuses"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        reply = request_json(api, "GET", path, what=f"SecretProviderClassPodStatus in {namespace}")
+        mine = [
+            i for i in (reply or {}).get("items", [])
+            if (i.get("status") or {}).get("secretProviderClassName") == SECRET_PROVIDER_CLASS
+        ]  # fmt: skip
+        if not mine:
+            return MountCheck(
+                cluster=cluster.name, namespace=namespace, status="not run: no pods",
+                detail=f"no pod mounts {SECRET_PROVIDER_CLASS} (no nodes to run pods)",
+            )  # fmt: skip
+        stale = stale_mounts(mine, expected)
+        if not stale:
+            return MountCheck(
+                cluster=cluster.name, namespace=namespace, status="current", pods=len(mine),
+                detail=f"{len(mine)} pods hold the new versions",
+            )  # fmt: skip
+        if time.monotonic() >= deadline:
+            shown = ", ".join(stale[:4]) + (f" (+{len(stale) - 4})" if len(stale) > 4 else "")
+            return MountCheck(
+                cluster=cluster.name, namespace=namespace, status="stale", pods=len(mine),
+                detail=f"after {wait_seconds:.0f}s still old: {shown}",
+            )  # fmt: skip
+        time.sleep(min(5.0, max(0.2, wait_seconds / 20)))
+
+
+def restart_istiod(
+    cluster: ClusterSpec, revision: str, root_pem: str, *, mounts_stale: bool,
+    restart_on_timeout: bool, run_id: str, dry_run: bool = False,
+) -> IstiodRestart:  # fmt: skip
+    """Restart ``istiod-<rev>`` (a rollout, as ``kubectl rollout restart``) only where needed.
+
+    Needed where istiod did not start with the plug-in CA (its ``istio-ca-root-cert`` is not the
+    mesh root: it does not hot-reload ``/etc/cacerts`` then), or where its mounts stayed stale
+    and ``restart_on_timeout``. "not run: no pods" without a ready istiod. Idempotent per
+    rotation run: the rollout is annotated with ``run_id`` and not repeated by its retries.
+
+    Raises:
+        KubeError: the cluster has no ``istiod-<rev>`` (install the mesh first).
+    """
+    api = api_client(cluster.aks_block)
+    name = istiod_deployment_name(revision)
+    path = f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{name}"
+    deployment = request_json(api, "GET", path, what=f"Deployment {ISTIO_NAMESPACE}/{name}")
+    if deployment is None:
+        raise KubeError(
+            f"cluster {cluster.name!r} has no Deployment {ISTIO_NAMESPACE}/{name}; install the "
+            "mesh first (`meshflow install`)"
+        )
+    if not (deployment.get("status") or {}).get("readyReplicas"):
+        return IstiodRestart(
+            cluster=cluster.name, deployment=name, action="not run: no pods",
+            reason="no ready istiod pod (no nodes to run pods); it loads the new CA when it starts",
+        )  # fmt: skip
+    template = (deployment.get("spec") or {}).get("template") or {}
+    if ((template.get("metadata") or {}).get("annotations") or {}).get(
+        ROTATION_RUN_ANNOTATION
+    ) == run_id:
+        return IstiodRestart(cluster=cluster.name, deployment=name, action="restarted",
+                             reason="restarted earlier in this rotation run")  # fmt: skip
+    cm_path = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/configmaps/{ROOT_CONFIGMAP}"
+    served = ((request_json(api, "GET", cm_path) or {}).get("data") or {}).get("root-cert.pem", "")
+    reason = restart_reason(
+        served_root=served, root_pem=root_pem, mounts_stale=mounts_stale,
+        restart_on_timeout=restart_on_timeout,
+    )  # fmt: skip
+    if reason is None:
+        return IstiodRestart(cluster=cluster.name, deployment=name, action="not needed",
+                             reason="istiod reloads /etc/cacerts by itself")  # fmt: skip
+    if dry_run:
+        return IstiodRestart(cluster=cluster.name, deployment=name, action="would restart",
+                             reason=reason)  # fmt: skip
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch = {"spec": {"template": {"metadata": {"annotations": {
+        RESTARTED_AT: stamp, ROTATION_RUN_ANNOTATION: run_id,
+    }}}}}  # fmt: skip
+    request_json(api, "PATCH", path, body=patch, what=f"Deployment {ISTIO_NAMESPACE}/{name}",
+                 content_type="application/strategic-merge-patch+json")  # fmt: skip
+    return IstiodRestart(cluster=cluster.name, deployment=name, action="restarted", reason=reason)
+
+
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 list_namespaces = blocking_task("list-namespaces", task_run_name="list-namespaces-{cluster.name}")(
@@ -400,3 +506,9 @@ call_echoserver_across = blocking_task(
 read_ingress_state = blocking_task(
     "read-ingress-state", task_run_name="read-ingress-state-{cluster.name}"
 )(ingress_state)
+wait_for_mounts = blocking_task(
+    "wait-for-mounts", task_run_name="wait-for-mounts-{cluster.name}-{namespace}"
+)(mounted_versions)
+restart_istiod_where_needed = blocking_task(
+    "restart-istiod", task_run_name="restart-istiod-{cluster.name}"
+)(restart_istiod)

@@ -21,7 +21,7 @@ def test_every_environment_has_every_flow() -> None:
     names = {d["name"] for d in DEPLOYMENTS}
     for env in load_environments():
         assert {f"{f}-{env}" for f in ("install-mesh", "install-cluster", "verify-access",
-                                        "ensure-mesh-pki")} <= names  # fmt: skip
+                                        "ensure-mesh-pki", "rotate-certificates")} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
