@@ -276,6 +276,8 @@ def install(env: EnvOption = "sandbox") -> None:
         typer.echo(f"  {d.check} on {d.cluster}: {d.status}: {d.detail}")
     for i in report.ingress:
         typer.echo(f"  ingress {i.line()}")
+    for r in report.removed_secrets:
+        typer.echo(f"  {r.cluster:<15} deleted {r.object} (its cluster left the mesh)")
     typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
     if not report.ok:
         raise _fail("the mesh has problems; see the mesh artifact in the Prefect UI")

@@ -54,6 +54,7 @@ from tasks.kube import (
     check_istiod_sync,
     check_remote_secrets,
     exchange_remote_secrets,
+    prune_remote_secrets,
 )
 from tasks.pki import (
     ensure_frontend_certificate,
@@ -90,6 +91,7 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
             shared_pki=(*root.result(), *ingress.result()),
             clusters=tuple(done.values()),
             remote_secrets=tuple(joined.secrets),
+            removed_secrets=tuple(joined.removed),
             access=tuple(joined.access),
             data_plane=tuple(joined.data_plane),
             ingress=tuple(i for i in exposed.values() if isinstance(i, ClusterIngress)),
@@ -179,6 +181,7 @@ class _Joined:
 
     def __init__(self) -> None:
         self.secrets: list[Applied] = []
+        self.removed: list[Applied] = []
         self.access: list[RemoteAccess] = []
         self.data_plane: list[DataPlaneCheck] = []
         self.failures: list[BaseException] = []
@@ -187,7 +190,8 @@ class _Joined:
 async def _join(spec: MeshSpec, installed: Mapping[str, ClusterInstall]) -> _Joined:
     """Steps 08-09 and 11 among the clusters that ``installed``.
 
-    Each source's exchange writes its remote secret into every other installed cluster; its
+    Each installed cluster loses the remote secrets meshflow wrote for clusters no longer in the
+    spec. Each source's exchange writes its remote secret into every other installed cluster; its
     check starts as soon as that exchange has ended (a secret it failed to write is reported
     missing); the data plane is checked once every exchange succeeded, beside the checks.
     """
@@ -207,10 +211,18 @@ async def _join(spec: MeshSpec, installed: Mapping[str, ClusterInstall]) -> _Joi
             await exchange  # istiod finds its peers through the remote secrets
         return await _data_plane(spec, clusters)
 
-    checked, plane = await asyncio.gather(
-        settle({s.name: check(s) for s in sources}), settle({"data plane": data_plane()})
+    members = spec.cluster_names  # a cluster that left the spec: its secrets go from the others
+    checked, plane, pruned = await asyncio.gather(
+        settle({s.name: check(s) for s in sources}),
+        settle({"data plane": data_plane()}),
+        settle({c.name: prune_remote_secrets(c, members) for c in clusters}),
     )
     joined = _Joined()
+    for gone in pruned.values():
+        if isinstance(gone, BaseException):
+            joined.failures.append(gone)
+        else:
+            joined.removed += gone
     for exchange in exchanges.values():
         if (failed := exchange.exception()) is not None:
             joined.failures.append(failed)

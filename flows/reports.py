@@ -199,14 +199,17 @@ class MeshReport(BaseModel):
     access: tuple[RemoteAccess, ...]
     data_plane: tuple[DataPlaneCheck, ...]
     ingress: tuple[ClusterIngress, ...] = ()
+    removed_secrets: tuple[Applied, ...] = ()
+    """Remote secrets of clusters that left the spec, deleted from the others."""
 
     @property
     def writes(self) -> int:
-        """Everything this run created or updated, PKI and ingress included."""
+        """Everything this run created, updated or deleted, PKI and ingress included."""
         return (
             sum(o.written for o in self.shared_pki)
             + sum(c.writes for c in self.clusters)
             + sum(s.written for s in self.remote_secrets)
+            + len(self.removed_secrets)
             + sum(i.writes for i in self.ingress)
         )
 
@@ -253,6 +256,10 @@ class MeshReport(BaseModel):
             for c in self.clusters
             if c.istio.other_revisions
         )
+        left = "\n".join(
+            f"- {r.cluster}: deleted {r.object} (its source is no longer in the spec)"
+            for r in self.removed_secrets
+        )
         return (
             f"# Mesh {self.environment}: {'OK' if self.ok else 'PROBLEMS'}\n\n"
             "| cluster | Istio revision | remote secrets | reader access | istiod sync |\n"
@@ -260,6 +267,7 @@ class MeshReport(BaseModel):
             f"Writes this run: {self.writes} (0 means nothing had changed).\n\n"
             + (f"## Not run\n{notes}\n" if notes else "")
             + (f"## Other Istio revisions\n{others}\n" if others else "")
+            + (f"## Left the mesh\n{left}\n" if left else "")
             + ("\n## Ingress\n\n" + "\n".join(i.markdown() for i in self.ingress)
                if self.ingress else "")
         )  # fmt: skip

@@ -20,13 +20,15 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.runtime import RUNTIME
 from meshflow.appgateway import ingress_ip
-from meshflow.errors import MeshflowError
+from meshflow.errors import MeshflowError, NotFoundError
 from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
     READER_TOKEN_SECRET,
     SECRET_PROVIDER_CLASS,
     cross_cluster_call_job,
+    departed_sources,
+    managed_remote_secret_selector,
     remote_secret,
     remote_secret_name,
 )
@@ -155,6 +157,31 @@ def exchange_from(source: ClusterSpec, targets: Sequence[ClusterSpec]) -> list[A
         return apply_object(api_client(target.aks_block), secret, cluster=target.name)
 
     return _each(write, targets)
+
+
+def prune_departed(cluster: ClusterSpec, members: Sequence[str]) -> list[Applied]:
+    """Delete from ``cluster`` the remote secrets of sources that left the mesh; what it deleted.
+
+    Only secrets meshflow wrote (label ``app.kubernetes.io/managed-by: meshflow``) whose source
+    is not in ``members`` are deleted; istiod then drops that cluster. Idempotent: a secret
+    already gone is not reported again.
+    """
+    api = api_client(cluster.aks_block)
+    path = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets"
+    listed = request_json(
+        api, "GET", path, query={"labelSelector": managed_remote_secret_selector()},
+        what=f"remote secrets in {ISTIO_NAMESPACE}",
+    )  # fmt: skip
+    names = [str(i["metadata"]["name"]) for i in (listed or {}).get("items", [])]
+    deleted = []
+    for name in departed_sources(names, set(members)):
+        what = f"Secret {ISTIO_NAMESPACE}/{name}"
+        try:
+            request_json(api, "DELETE", f"{path}/{name}", what=what)
+        except NotFoundError:
+            continue  # deleted since the listing (a retry, or another run)
+        deleted.append(Applied(cluster=cluster.name, object=what, action="deleted"))
+    return deleted
 
 
 # -- Validation ------------------------------------------------------------------------------
@@ -512,3 +539,6 @@ wait_for_mounts = blocking_task(
 restart_istiod_where_needed = blocking_task(
     "restart-istiod", task_run_name="restart-istiod-{cluster.name}"
 )(restart_istiod)
+prune_remote_secrets = blocking_task(
+    "prune-remote-secrets", task_run_name="prune-remote-secrets-in-{cluster.name}"
+)(prune_departed)

@@ -27,7 +27,7 @@ from tasks.aks import cluster_access
 from tasks.sdk_errors import kube_connection_error, kube_status_error
 
 FIELD_MANAGER = "meshflow"
-Action = Literal["created", "updated", "unchanged", "kept"]
+Action = Literal["created", "updated", "unchanged", "kept", "deleted"]
 """What :func:`apply_object` did; ``kept``: it differs, but in a co-owner's fields, left alone."""
 
 
@@ -118,7 +118,7 @@ class Applied(BaseModel):
     @property
     def written(self) -> bool:
         """Whether this apply wrote the object (``kept`` and ``unchanged`` wrote nothing)."""
-        return self.action in ("created", "updated")
+        return self.action in ("created", "updated", "deleted")
 
 
 def request_json(

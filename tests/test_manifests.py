@@ -464,7 +464,11 @@ def test_remote_secret_has_istioctls_shape() -> None:
     secret = m.remote_secret(source_cluster="alpha", kubeconfig=kubeconfig)
     assert object_key(secret) == ("v1", "Secret", "istio-system", "istio-remote-secret-alpha")
     assert secret["type"] == "Opaque"
-    assert secret["metadata"]["labels"] == {"istio/multiCluster": "true"}
+    # istioctl's label, and meshflow's own: the only remote secrets it ever prunes.
+    assert secret["metadata"]["labels"] == {
+        "istio/multiCluster": "true",
+        "app.kubernetes.io/managed-by": "meshflow",
+    }
     assert secret["metadata"]["annotations"] == {"networking.istio.io/cluster": "alpha"}
     assert list(secret["data"]) == ["alpha"]
     decoded = base64.b64decode(secret["data"]["alpha"]).decode()
@@ -902,3 +906,14 @@ def _can(api: client.ApiClient, user: str, group: str, resource: str, verb: str)
     }
     result = client.AuthorizationV1Api(api).create_subject_access_review(review)
     return bool(result.status.allowed)
+
+
+def test_only_remote_secrets_of_departed_members_are_pruned() -> None:
+    from meshflow.manifests import departed_sources, managed_remote_secret_selector
+
+    names = ["istio-remote-secret-alpha", "istio-remote-secret-gone", "unrelated-secret"]
+    assert departed_sources(names, {"alpha", "bravo"}) == ["istio-remote-secret-gone"]
+    assert departed_sources(names, {"alpha", "gone"}) == []
+    assert managed_remote_secret_selector() == (
+        "istio/multiCluster=true,app.kubernetes.io/managed-by=meshflow"
+    )

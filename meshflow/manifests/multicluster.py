@@ -23,6 +23,9 @@ READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 READER_TOKEN_SECRET = f"{READER_SERVICE_ACCOUNT}-istio-remote-secret-token"
 REMOTE_SECRET_PREFIX = "istio-remote-secret-"  # noqa: S105 - a name prefix
 MULTICLUSTER_SECRET_LABEL = "istio/multiCluster"  # noqa: S105 - a label key
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "meshflow"
+"""The label value marking the remote secrets meshflow wrote: the only ones it ever deletes."""
 """The label istiod's secret controller watches (``MultiClusterSecretLabel``)."""
 CLUSTER_NAME_ANNOTATION = "networking.istio.io/cluster"
 """``clusterNameAnnotationKey`` in ``istioctl/pkg/multicluster``."""
@@ -248,9 +251,22 @@ def remote_secret(*, source_cluster: str, kubeconfig: str) -> Manifest:
         "metadata": metadata(
             remote_secret_name(source_cluster),
             ISTIO_NAMESPACE,
-            labels={MULTICLUSTER_SECRET_LABEL: "true"},
+            labels={MULTICLUSTER_SECRET_LABEL: "true", MANAGED_BY_LABEL: MANAGED_BY},
             annotations={CLUSTER_NAME_ANNOTATION: source_cluster},
         ),
         "type": "Opaque",
         "data": {source_cluster: base64.b64encode(kubeconfig.encode()).decode()},
     }
+
+
+def managed_remote_secret_selector() -> str:
+    """The label selector of the remote secrets meshflow manages."""
+    return f"{MULTICLUSTER_SECRET_LABEL}=true,{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def departed_sources(secret_names: list[str], members: set[str]) -> list[str]:
+    """The remote secrets among ``secret_names`` whose source is no longer a mesh member."""
+    prefix = REMOTE_SECRET_PREFIX
+    return sorted(
+        n for n in secret_names if n.startswith(prefix) and n.removeprefix(prefix) not in members
+    )
