@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -337,6 +337,37 @@ def rotate(
     typer.echo(f"  details: {api_url.removesuffix('/api')} (artifact rotation-{env})")
     if report.problems:
         raise _fail("the rotation found problems: " + "; ".join(report.problems[:3]))
+
+
+@app.command("rotate-root")
+def rotate_root_command(
+    env: EnvOption = "sandbox",
+    approve: Annotated[
+        str,
+        typer.Option(
+            "--approve",
+            help="ask: pause between phases for approval in the Prefect UI; auto: do not pause.",
+        ),
+    ] = "ask",
+) -> None:
+    """Rotate the root CA in three phases (trust both, issue from the new, trust only the new)."""
+    from flows.rotate_root import rotate_root
+
+    if approve not in ("ask", "auto"):
+        raise _fail(f"--approve {approve!r}: use ask or auto")
+    mode: Literal["ask", "auto"] = "auto" if approve == "auto" else "ask"
+    with _environment(env) as (spec, api_url):
+        if approve == "ask":
+            typer.echo(
+                f"the run pauses after phases 1 and 2: approve or abort it in the Prefect UI "
+                f"({api_url.removesuffix('/api')}, Runs, rotate-root)"
+            )
+        report = asyncio.run(rotate_root(spec, approve=mode))
+    typer.echo(f"root rotation {report.rotation_id} of {report.environment}: {report.status}")
+    for step in report.history:
+        typer.echo(f"  {step}")
+    if report.status == "aborted":
+        raise _fail("the rotation was aborted; the mesh trusts and issues from the old root")
 
 
 def _use_sandbox_istioctl(env: str) -> None:

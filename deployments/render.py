@@ -31,6 +31,8 @@ FLOWS: tuple[tuple[str, str, str | None, str], ...] = (
      "Hourly: every cluster's credentials and API server, and Key Vault, still work."),
     ("ensure-mesh-pki", "flows/pki.py:ensure_mesh_pki", None,
      "The mesh PKI in Key Vault on its own: root, intermediates, ingress certificates."),
+    ("rotate-root", "flows/rotate_root.py:rotate_root", None,
+     "Root CA rotation in three phases; pauses for approval (a form) between phases."),
     ("rotate-certificates", "flows/rotate.py:rotate_certificates", "0 3 * * *",
      "Daily: reissue intermediates and the ingress certificate within the rotation threshold, "
      "see them reach the pods, check the frontend's renewal; a table and events per run."),

@@ -76,6 +76,29 @@ def certificate_der(data: str) -> bytes | None:
         return None
 
 
+def certificate_ders(data: str) -> frozenset[bytes] | None:
+    """Every DER certificate inside a trusted root's ``data`` (a PEM bundle or one DER file).
+
+    During a root rotation the trusted root holds the old and the new root (one PEM file with
+    both), so gateways are compared by the set of certificates, not the first one.
+    """
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
+    text = raw.decode("ascii", errors="replace")
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in text:
+        return frozenset({raw}) if raw else None
+    found = set()
+    for part in text.split(begin)[1:]:
+        try:
+            found.add(base64.b64decode("".join(part.split(end, 1)[0].split()), validate=True))
+        except ValueError:
+            return None
+    return frozenset(found)
+
+
 def _named(items: Sequence[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:
     return next((i for i in items or () if i.get("name") == name), None)
 
@@ -113,8 +136,8 @@ def missing(
     if ssl.get("keyVaultSecretId") != secret_id:
         lacking.append(f"SSL certificate {FRONTEND_CERTIFICATE}")
     root = _props(_named(props.get("trustedRootCertificates"), TRUSTED_ROOT_CERTIFICATE))
-    held = certificate_der(str(root.get("data") or ""))
-    if held is None or held != certificate_der(certificate_data(root_pem)):
+    held = certificate_ders(str(root.get("data") or ""))
+    if held is None or held != certificate_ders(certificate_data(root_pem)):
         lacking.append(f"trusted root certificate {TRUSTED_ROOT_CERTIFICATE}")
     return lacking
 

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from kubernetes import client as k8s
 from prefect.cache_policies import CacheKeyFnPolicy
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +23,8 @@ from meshflow.cache import cache_root
 from meshflow.kubeconfig import access_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
+    MULTIROOT_ISTIOD_ENV,
+    MULTIROOT_PROXY_ENV,
     istio_operator_files,
     istioctl_install_flags,
     istiod_deployment_name,
@@ -158,6 +161,41 @@ def _other_revisions(api: k8s.ApiClient, revision: str) -> tuple[str, ...]:
 
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
+
+def multiroot_problem(cluster: ClusterSpec, revision: str) -> str | None:
+    """Why ``cluster``'s istiod could not take a second root without restarts; None if it can.
+
+    Reads the live ``istiod-<rev>`` Deployment (``ISTIO_MULTIROOT_MESH=true``) and the mesh
+    config of the revision (``defaultConfig.proxyMetadata.PROXY_CONFIG_XDS_AGENT``), which the
+    install of this meshflow version sets. A read.
+    """
+    api = api_client(cluster.aks_block)
+    name = istiod_deployment_name(revision)
+    deployment = request_json(
+        api, "GET", f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{name}"
+    )
+    if deployment is None:
+        return f"{cluster.name}: no Deployment {ISTIO_NAMESPACE}/{name}; run `meshflow install`"
+    containers = deployment["spec"]["template"]["spec"].get("containers") or []
+    env = {e.get("name"): e.get("value") for c in containers for e in c.get("env") or []}
+    mesh_cm = request_json(
+        api, "GET", f"/api/v1/namespaces/{ISTIO_NAMESPACE}/configmaps/istio-{revision}"
+    )
+    mesh = yaml.safe_load(((mesh_cm or {}).get("data") or {}).get("mesh") or "") or {}
+    proxy = ((mesh.get("defaultConfig") or {}).get("proxyMetadata")) or {}
+    missing = [f"{MULTIROOT_ISTIOD_ENV}=true on {name}"] if env.get(MULTIROOT_ISTIOD_ENV) != (
+        "true"
+    ) else []  # fmt: skip
+    if proxy.get(MULTIROOT_PROXY_ENV) != "true":
+        missing.append(f"{MULTIROOT_PROXY_ENV}=true in the proxies' proxyMetadata")
+    if missing:
+        return (
+            f"{cluster.name}: {' and '.join(missing)} not set; run `meshflow install` first "
+            "(it sets both), then rotate the root"
+        )
+    return None
+
+
 fetch_istioctl = blocking_task(
     "fetch-istioctl",
     task_run_name="fetch-istioctl-{version}",
@@ -166,4 +204,7 @@ fetch_istioctl = blocking_task(
 )(fetch)
 install_istio = blocking_task("install-istio", task_run_name="install-istio-{cluster.name}")(
     install_on_cluster
+)
+check_multiroot = blocking_task("check-multiroot", task_run_name="check-multiroot-{cluster.name}")(
+    multiroot_problem
 )

@@ -77,6 +77,7 @@ from meshflow.manifests import (
     ca_certificate_name,
     cert_chain_secret_name,
 )
+from meshflow.rootrotation import NEXT, NEXT_TAG
 from meshflow.rotation import (
     FORCED_TAG,
     Action,
@@ -219,13 +220,25 @@ def _vaults(store: PkiStore) -> tuple[KeyVault, KeyVault]:
 _Versions = list[tuple[str, dt.datetime]]  # (version, created), enabled ones only
 
 
-def _key_versions(keys: KeyClient) -> _Versions:
-    """The enabled versions of the root key; [] when there is none."""
+def _key_versions(keys: KeyClient) -> tuple[_Versions, _Versions]:
+    """The enabled versions of the root key, and those a root rotation made next; [], [] if none.
+
+    A version tagged ``meshflow-rotation: next`` is a root rotation's new root before it becomes
+    the mesh root (:mod:`meshflow.rootrotation`): no election disables it, and it is the root
+    only when no other version is enabled.
+    """
     try:
         found = list(keys.list_properties_of_key_versions(ROOT_KEY))
     except ResourceNotFoundError:
-        return []
-    return [(str(p.version), p.created_on or _EPOCH) for p in found if p.enabled is not False]
+        return [], []
+    regular: _Versions = []
+    nxt: _Versions = []
+    for p in found:
+        if p.enabled is False:
+            continue
+        is_next = (p.tags or {}).get(NEXT_TAG) == NEXT
+        (nxt if is_next else regular).append((str(p.version), p.created_on or _EPOCH))
+    return regular, nxt
 
 
 def _exportable_versions(certs: CertificateClient) -> _Versions:
@@ -316,7 +329,8 @@ def _elect(root_vault: KeyVault, settings: PkiSettings, published: frozenset[byt
             written = False
         else:
             keys = root_vault.key_client()
-            if not (versions := _key_versions(keys)):
+            regular, nxt = _key_versions(keys)
+            if not (versions := regular or nxt):
                 return _Election(root=None)
 
             def key_key(version: str) -> bytes:
@@ -442,7 +456,9 @@ def _existing_mesh_objects(
     return found
 
 
-def _create_root_key(root_vault: KeyVault, settings: PkiSettings) -> str:
+def _create_root_key(
+    root_vault: KeyVault, settings: PkiSettings, tags: dict[str, str] | None = None
+) -> str:
     """A new version of the root key, made by Key Vault and never exportable; its version."""
     key = root_vault.key_client().create_rsa_key(
         ROOT_KEY,
@@ -450,7 +466,7 @@ def _create_root_key(root_vault: KeyVault, settings: PkiSettings) -> str:
         hardware_protected=root_vault.hsm_keys,
         exportable=False,
         key_operations=[KeyOperation.sign, KeyOperation.verify],
-        tags=TAGS | {"role": "istio mesh root CA"},
+        tags=TAGS | {"role": "istio mesh root CA"} | (tags or {}),
     )
     return str(key.properties.version)
 
@@ -822,12 +838,21 @@ class FrontendTrust(BaseModel):
 
 
 def root_certificate(store: PkiStore) -> str:
-    """The mesh root certificate, PEM (public): what the App Gateway trusts (step 18). A read.
+    """What the clusters trust, PEM (public): what the App Gateway trusts too (step 18). A read.
+
+    ``root-cert`` as the clusters mount it: the mesh root, or both roots during a root
+    rotation; the mesh root itself if ``root-cert`` is not written yet.
 
     Raises:
         RootCaError: the vault has no root yet.
     """
-    return _require_root(store).cert.public_bytes(Encoding.PEM).decode()
+    root = _require_root(store)
+    with vault_clients(_mesh_vault(store)) as (secrets, _):
+        bundle = get_secret_value(secrets, ROOT_CERT_SECRET)
+    pem = root.cert.public_bytes(Encoding.PEM).decode()
+    if bundle and root.cert in pki.load_pem_chain(bundle.encode()):
+        return bundle
+    return pem
 
 
 def frontend_trust(store: PkiStore) -> FrontendTrust:

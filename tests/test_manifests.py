@@ -201,7 +201,10 @@ def test_istio_operator_matches_step_07() -> None:
     assert (iop["apiVersion"], iop["kind"]) == ("install.istio.io/v1alpha1", "IstioOperator")
     spec = iop["spec"]
     assert (spec["profile"], spec["revision"], spec["tag"]) == ("minimal", REV, "1.27.3")
-    assert spec["meshConfig"] == {"accessLogFile": "/dev/stdout"}
+    assert spec["meshConfig"] == {
+        "accessLogFile": "/dev/stdout",
+        "defaultConfig": {"proxyMetadata": {"PROXY_CONFIG_XDS_AGENT": "true"}},
+    }
     assert spec["values"]["global"] == {
         "meshID": "mesh1",
         "multiCluster": {"clusterName": "alpha"},
@@ -210,6 +213,7 @@ def test_istio_operator_matches_step_07() -> None:
     assert spec["values"]["gateways"] == {"istio-ingressgateway": {"injectionTemplate": "gateway"}}
     pilot = spec["components"]["pilot"]
     assert pilot["enabled"] is True
+    assert pilot["k8s"]["env"] == [{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]
     assert pilot["k8s"]["overlays"] == [
         {
             "kind": "Deployment",
@@ -917,3 +921,125 @@ def test_only_remote_secrets_of_departed_members_are_pruned() -> None:
     assert managed_remote_secret_selector() == (
         "istio/multiCluster=true,app.kubernetes.io/managed-by=meshflow"
     )
+
+
+# -- Reader-token rotation: pure ---------------------------------------------------------------
+
+_STABLE = "istio-reader-service-account-istio-remote-secret-token"
+_INTERIM = "istio-reader-service-account-istio-remote-secret-token-interim"
+
+
+def test_a_rotated_reader_token_secret_is_install_s_secret_with_a_generation() -> None:
+    from meshflow.manifests.multicluster import ReaderTokenSecret, rotated_reader_token_secret
+    from meshflow.objects import satisfies
+
+    for name in (_STABLE, _INTERIM):
+        secret = rotated_reader_token_secret(ReaderTokenSecret(name, 3))
+        assert object_key(secret) == ("v1", "Secret", "istio-system", name)
+        assert secret["type"] == "kubernetes.io/service-account-token"
+        assert secret["metadata"]["annotations"] == {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"
+        }
+        assert secret["metadata"]["labels"] == {
+            "app.kubernetes.io/managed-by": "meshflow",
+            "meshflow.io/reader-token-generation": "3",
+        }
+        assert "data" not in secret
+    # A later install applies reader_token_secret(): the rotated Secret (filled in by the
+    # token controller) already satisfies it, so the install writes nothing.
+    live = rotated_reader_token_secret(ReaderTokenSecret(_STABLE, 2))
+    live["metadata"]["annotations"]["kubernetes.io/service-account.uid"] = "0a1b"
+    live["data"] = {"token": "dA==", "ca.crt": "Y2E=", "namespace": "aXN0aW8tc3lzdGVt"}
+    assert satisfies(live, m.reader_token_secret())
+    assert not satisfies(live, rotated_reader_token_secret(ReaderTokenSecret(_STABLE, 4)))
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (("istio-reader-service-account-token-x7k2p", 1), "not a reader token Secret meshflow"),
+        ((_STABLE, 0), "generations start at 1"),
+        ((_INTERIM, -1), "generations start at 1"),
+    ],
+)
+def test_a_rotated_reader_token_secret_refuses_other_names_and_generation_0(
+    token: tuple[str, int], message: str
+) -> None:
+    from meshflow.manifests.multicluster import ReaderTokenSecret, rotated_reader_token_secret
+
+    with pytest.raises(ValueError, match=message):
+        rotated_reader_token_secret(ReaderTokenSecret(*token))
+
+
+@pytest.mark.parametrize(
+    ("labels", "generation"),
+    [
+        (None, 0),  # install's (and istioctl's) Secret
+        ({"meshflow.io/reader-token-generation": "7"}, 7),
+        ({"meshflow.io/reader-token-generation": "seven"}, 0),
+        ({"meshflow.io/reader-token-generation": "-2"}, 0),
+        ({"app": "other"}, 0),
+    ],
+)
+def test_reader_token_generation_reads_the_label(
+    labels: dict[str, str] | None, generation: int
+) -> None:
+    from meshflow.manifests.multicluster import reader_token_generation
+
+    secret: dict[str, Any] = {"metadata": {"name": _STABLE}}
+    if labels is not None:
+        secret["metadata"]["labels"] = labels
+    assert reader_token_generation(secret) == generation
+
+
+def _hops(present: dict[str, int]) -> list[tuple[tuple[str, int] | None, tuple[str, int]]]:
+    from meshflow.manifests.multicluster import reader_token_hops
+
+    return [
+        (None if h.old is None else (h.old.name, h.old.generation), (h.new.name, h.new.generation))
+        for h in reader_token_hops(present)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("present", "hops"),
+    [
+        # Nothing interrupted: to the interim Secret and back to istioctl's name.
+        ({_STABLE: 0}, [((_STABLE, 0), (_INTERIM, 1)), ((_INTERIM, 1), (_STABLE, 2))]),
+        ({_STABLE: 2}, [((_STABLE, 2), (_INTERIM, 3)), ((_INTERIM, 3), (_STABLE, 4))]),
+        # Stopped in the first step (a check failed): the interim Secret is reused.
+        (
+            {_STABLE: 2, _INTERIM: 3},
+            [((_STABLE, 2), (_INTERIM, 3)), ((_INTERIM, 3), (_STABLE, 4))],
+        ),
+        # Stopped between the steps: istioctl's name is gone already.
+        ({_INTERIM: 1}, [(None, (_INTERIM, 1)), ((_INTERIM, 1), (_STABLE, 2))]),
+        # ... and an install recreated it meanwhile (unlabelled: generation 0): it goes first.
+        ({_STABLE: 0, _INTERIM: 3}, [((_STABLE, 0), (_INTERIM, 3)), ((_INTERIM, 3), (_STABLE, 4))]),
+        # Stopped in the second step: istioctl's name is newer; only the step back is left.
+        ({_STABLE: 2, _INTERIM: 1}, [((_INTERIM, 1), (_STABLE, 2))]),
+        # Other Secrets of the account (1.20's auto-created token) are not the rotation's.
+        (
+            {_STABLE: 0, "istio-reader-service-account-token-x7k2p": 0},
+            [((_STABLE, 0), (_INTERIM, 1)), ((_INTERIM, 1), (_STABLE, 2))],
+        ),
+    ],
+)
+def test_reader_token_hops_rotate_once_or_finish_an_interrupted_rotation(
+    present: dict[str, int], hops: list[tuple[tuple[str, int] | None, tuple[str, int]]]
+) -> None:
+    planned = _hops(present)
+    assert planned == hops
+    assert planned[-1][1][0] == _STABLE  # install and istioctl find the current token
+    news = [new for _, new in planned]
+    # A step never deletes what it, or a later step, writes into the remote secrets; the new
+    # tokens' generations only grow.
+    assert all(old not in news[i:] for i, (old, _) in enumerate(planned))
+    assert [g for _, g in news] == sorted({g for _, g in news})
+
+
+def test_reader_token_hops_need_a_reader_token_secret() -> None:
+    with pytest.raises(ValueError, match="install the mesh first"):
+        _hops({})
+    with pytest.raises(ValueError, match="install the mesh first"):
+        _hops({"istio-reader-service-account-token-x7k2p": 0})

@@ -20,6 +20,8 @@ from meshflow.manifests.bundles import (
 from meshflow.manifests.install import (
     INGRESS_GATEWAY,
     INGRESS_GATEWAY_LABELS,
+    MULTIROOT_ISTIOD_ENV,
+    MULTIROOT_PROXY_ENV,
     aks_node_affinity,
     istio_operator,
     istio_operator_documents,
@@ -80,6 +82,8 @@ __all__ = [
     "ISTIO_NAMESPACE",
     "MANAGED_BY_LABEL",
     "MULTICLUSTER_SECRET_LABEL",
+    "MULTIROOT_ISTIOD_ENV",
+    "MULTIROOT_PROXY_ENV",
     "READER_SERVICE_ACCOUNT",
     "READER_TOKEN_SECRET",
     "REVISION_LABEL",

@@ -25,6 +25,12 @@ ISTIOD_CA_VOLUME = "cacerts"
 OPERATOR_FILES = ("mesh.yaml", "istiod.yaml", "ingress-gateway.yaml")
 
 
+MULTIROOT_ISTIOD_ENV = "ISTIO_MULTIROOT_MESH"
+"""istiod's switch for a trust bundle of several roots (else: "Multi root is disabled")."""
+MULTIROOT_PROXY_ENV = "PROXY_CONFIG_XDS_AGENT"
+"""The proxies' switch to take the trust bundle istiod serves over PCDS."""
+
+
 def istiod_deployment_name(revision: str) -> str:
     """``istiod-<revision>``: revisioned installs suffix the Deployment (Istio issue 31076)."""
     return f"istiod-{revision}"
@@ -100,7 +106,12 @@ def mesh_operator(spec: MeshSpec, cluster: ClusterSpec) -> Manifest:
             "profile": PROFILE,
             "revision": spec.istio_revision,
             "tag": spec.istio_version,
-            "meshConfig": {"accessLogFile": "/dev/stdout"},
+            "meshConfig": {
+                "accessLogFile": "/dev/stdout",
+                # Proxies take a new trust bundle over PCDS only with the XDS agent on: what
+                # lets a root rotation proceed without restarting every workload.
+                "defaultConfig": {"proxyMetadata": {MULTIROOT_PROXY_ENV: "true"}},
+            },
             "values": {
                 "global": {
                     "meshID": spec.mesh_id,
@@ -123,6 +134,8 @@ def istiod_operator(spec: MeshSpec) -> Manifest:
                     "enabled": True,
                     "k8s": {
                         "affinity": aks_node_affinity(),
+                        # istiod accepts a root-cert.pem with a second root (root rotation).
+                        "env": [{"name": MULTIROOT_ISTIOD_ENV, "value": "true"}],
                         "overlays": [volume_overlay("Deployment", deployment, ISTIOD_CA_VOLUME)],
                     },
                 }
