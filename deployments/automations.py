@@ -1,0 +1,281 @@
+"""Automations on meshflow's events: a notification when a rotation fails or is overdue.
+
+A rotation run (``flows/rotate.py``) announces its outcome as a Prefect event on the mesh
+(resource ``meshflow.mesh.<env>``): ``meshflow.rotation.completed``, or
+``meshflow.rotation.failed`` with the problems in its payload (also when the run raised, e.g.
+Key Vault refused a read). Prefect's automations turn those events, or their absence, into
+actions; meshflow ships two per environment, built by :func:`rotation_alerts` and saved on the
+Prefect server by :func:`ensure_rotation_alerts`:
+
+- ``meshflow-rotation-failed-<env>`` (reactive): every ``meshflow.rotation.failed`` of the mesh
+  sends a notification naming the environment and the problems.
+- ``meshflow-rotation-overdue-<env>`` (proactive): no ``meshflow.rotation.completed`` of the mesh
+  within :data:`OVERDUE_AFTER` of the last one (or of the automation's creation) sends a
+  notification; it repeats every such period while none arrives.
+
+Both send through one notification block the user saves first. The Prefect server (or Prefect
+Cloud) runs the action, so the server must reach the block's URL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+import httpx
+from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.events.schemas.automations import Automation
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from meshflow.errors import (
+    InvalidError,
+    MeshflowError,
+    NotFoundError,
+    TransientError,
+    kind_of_status,
+)
+from meshflow.rotation import EVENT_ROTATION_COMPLETED, EVENT_ROTATION_FAILED
+
+__all__ = [
+    "DEFAULT_BLOCK_TYPE",
+    "OVERDUE_AFTER",
+    "EnsuredAutomation",
+    "ensure_rotation_alerts",
+    "failed_alert_name",
+    "overdue_alert_name",
+    "rotation_alerts",
+]
+
+OVERDUE_AFTER = dt.timedelta(hours=26)
+"""How long after the last completed rotation one is overdue: the daily schedule plus margin."""
+DEFAULT_BLOCK_TYPE = "custom-webhook"
+"""The block type of a notification block named without one: Prefect's Custom Webhook."""
+
+
+def failed_alert_name(environment: str) -> str:
+    """The name of the automation that reports a failed rotation of ``environment``."""
+    return f"meshflow-rotation-failed-{environment}"
+
+
+def overdue_alert_name(environment: str) -> str:
+    """The name of the automation that reports an overdue rotation of ``environment``."""
+    return f"meshflow-rotation-overdue-{environment}"
+
+
+def _mesh(environment: str) -> dict[str, str]:
+    # The resource of the run's outcome events (meshflow.rotation.outcome_event).
+    return {"prefect.resource.id": f"meshflow.mesh.{environment}"}
+
+
+# Prefect renders subject and body as Jinja (its sandbox; a missing attribute renders empty)
+# with `event` (the triggering event, or for a proactive trigger the last one seen, or None),
+# `automation`, `firing`, and `flow_run` fetched from the event's related flow run. The
+# environment is a DNS label (MeshSpec), so it is written into the templates as text.
+_FAILED_BODY = """\
+Certificate rotation of mesh {env} failed{{% if event.payload.dry_run %}} (dry run){{% endif %}} \
+at {{{{ event.occurred }}}}.
+Problems:
+{{% for problem in event.payload.problems %}}- {{{{ problem }}}}
+{{% endfor %}}Flow run: {{{{ flow_run.name }}}} (rotate-certificates); its logs, and its \
+rotation-{env} table when it got that far, say more. Fix the cause, then run \
+`meshflow rotate --env {env}`."""
+
+_OVERDUE_BODY = """\
+No certificate rotation of mesh {env} completed within {span} \
+({{% if event %}}last completed at {{{{ event.occurred }}}}\
+{{% else %}}none seen since this alert was set up{{% endif %}}).
+Check the deployment rotate-certificates-{env} (its schedule is daily), its work pool \
+meshflow-{env} and a worker on it, then run `meshflow rotate --env {env}`."""
+
+
+def rotation_alerts(
+    environment: str, block_document_id: UUID, *, overdue_after: dt.timedelta = OVERDUE_AFTER
+) -> list[AutomationCore]:
+    """The automations that report a failed or overdue rotation of ``environment``. Pure.
+
+    Args:
+        environment: The mesh's environment (``MeshSpec.environment``).
+        block_document_id: The notification block the actions send through.
+        overdue_after: How long after the last completed rotation the next one is overdue
+            (at least 10 seconds, Prefect's minimum for a proactive trigger).
+
+    Returns:
+        ``[failed, overdue]``, as Prefect's automation models.
+    """
+    tags = ["meshflow", environment]
+    failed = AutomationCore(
+        name=failed_alert_name(environment),
+        description=f"A certificate rotation of mesh {environment} failed or found problems.",
+        tags=tags,
+        trigger=EventTrigger(
+            posture=Posture.Reactive,
+            expect={EVENT_ROTATION_FAILED},
+            match=_mesh(environment),
+            threshold=1,
+            within=dt.timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject=f"meshflow: certificate rotation of {environment} failed",
+                body=_FAILED_BODY.format(env=environment),
+            )
+        ],
+    )
+    # `after` and `expect` the same event: each completed rotation restarts the window (a
+    # sliding deadline); without one, the window runs from the automation's creation.
+    overdue = AutomationCore(
+        name=overdue_alert_name(environment),
+        description=(
+            f"No certificate rotation of mesh {environment} completed within "
+            f"{_span(overdue_after)}."
+        ),
+        tags=tags,
+        trigger=EventTrigger(
+            posture=Posture.Proactive,
+            after={EVENT_ROTATION_COMPLETED},
+            expect={EVENT_ROTATION_COMPLETED},
+            match=_mesh(environment),
+            threshold=1,
+            within=overdue_after,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject=f"meshflow: certificate rotation of {environment} is overdue",
+                body=_OVERDUE_BODY.format(env=environment, span=_span(overdue_after)),
+            )
+        ],
+    )
+    return [failed, overdue]
+
+
+def _span(period: dt.timedelta) -> str:
+    seconds = int(period.total_seconds())
+    for unit, size in (("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit if count != 1 else unit[:-1]}"
+    return f"{seconds} seconds"
+
+
+@dataclass(frozen=True)
+class EnsuredAutomation:
+    """One automation :func:`ensure_rotation_alerts` saved, and what it did."""
+
+    name: str
+    id: UUID
+    action: Literal["created", "updated", "unchanged"]
+
+
+async def ensure_rotation_alerts(
+    environment: str,
+    webhook_block: str,
+    *,
+    overdue_after: dt.timedelta = OVERDUE_AFTER,
+) -> list[EnsuredAutomation]:
+    """Create or update the failed and overdue rotation automations of ``environment``.
+
+    Save the notification block first, on the Prefect server the flows report to, e.g.
+    ``CustomWebhookNotificationBlock(name="ops", url="https://...", json_data={"text":
+    "{{subject}}: {{body}}"}).save("rotation-alerts")`` (any URL that takes a JSON POST; put
+    a token in its ``secrets`` and use it as ``{{token}}`` in the URL), or a Slack, Microsoft
+    Teams or other notification block of Prefect's. The server runs the action: it must reach
+    the URL.
+
+    Idempotent: each automation is read by name and created if absent, replaced if it differs
+    from :func:`rotation_alerts`, left alone otherwise; extra automations of the same name
+    (meshflow's names) are deleted. Needs the rights to read blocks and write automations.
+
+    Args:
+        environment: The mesh's environment (``MeshSpec.environment``).
+        webhook_block: The notification block's name (a Custom Webhook block), or
+            ``<block-type-slug>/<name>`` for another type, e.g. ``slack-webhook/ops``.
+        overdue_after: See :func:`rotation_alerts`.
+
+    Returns:
+        The two automations, failed then overdue, with what was done to each.
+
+    Raises:
+        NotFoundError: there is no such block.
+        InvalidError: the block cannot send notifications, or the server refused a definition.
+        TransientError: the Prefect API could not be reached, or is unavailable.
+    """
+    slug, _, name = webhook_block.rpartition("/")
+    slug = slug or DEFAULT_BLOCK_TYPE
+    async with get_client() as client, _prefect_errors(client):
+        block_id = await _notification_block(client, slug, name)
+        ensured = []
+        for wanted in rotation_alerts(environment, block_id, overdue_after=overdue_after):
+            ensured.append(await _ensure(client, wanted))
+    return ensured
+
+
+async def _notification_block(client: PrefectClient, slug: str, name: str) -> UUID:
+    try:
+        doc = await client.read_block_document_by_name(
+            name=name, block_type_slug=slug, include_secrets=False
+        )
+    except ObjectNotFound as exc:
+        raise NotFoundError(
+            f"no {slug} block named {name!r} on the Prefect server at {client.api_url}: save "
+            "the notification block first (see `ensure_rotation_alerts`), or name another "
+            "type as <block-type-slug>/<name>",
+            system="Prefect", target=str(client.api_url), object=f"{slug}/{name}",
+        ) from exc  # fmt: skip
+    if doc.block_schema is None or "notify" not in doc.block_schema.capabilities:
+        raise InvalidError(
+            f"block {slug}/{name} cannot send notifications; use a notification block "
+            "(Custom Webhook, Slack Webhook, Microsoft Teams Webhook ...)",
+            system="Prefect", target=str(client.api_url), object=f"{slug}/{name}",
+        )  # fmt: skip
+    return doc.id
+
+
+async def _ensure(client: PrefectClient, wanted: AutomationCore) -> EnsuredAutomation:
+    found = await client.read_automations_by_name(wanted.name)  # newest first
+    if not found:
+        created = await client.create_automation(wanted)
+        return EnsuredAutomation(name=wanted.name, id=created, action="created")
+    current, extra = found[0], found[1:]
+    for duplicate in extra:
+        await client.delete_automation(duplicate.id)
+    if _definition(current) == wanted.model_dump(mode="json") and not extra:
+        return EnsuredAutomation(name=wanted.name, id=current.id, action="unchanged")
+    await client.update_automation(current.id, wanted)
+    return EnsuredAutomation(name=wanted.name, id=current.id, action="updated")
+
+
+def _definition(automation: Automation) -> dict[str, Any]:
+    """What the server holds, in the shape :func:`rotation_alerts` builds."""
+    core = AutomationCore.model_validate(automation.model_dump(exclude={"id"}))
+    return core.model_dump(mode="json")
+
+
+@asynccontextmanager
+async def _prefect_errors(client: PrefectClient) -> AsyncIterator[None]:
+    """The Prefect API's failures as meshflow's errors, naming the server."""
+    where = str(client.api_url)
+    try:
+        yield
+    except MeshflowError:
+        raise
+    except PrefectHTTPStatusError as exc:
+        status = exc.response.status_code
+        kind = kind_of_status(status)
+        raise kind(
+            f"the Prefect API at {where} answered HTTP {status} to {exc.request.method} "
+            f"{exc.request.url.path}: {exc.response.text[:300]}",
+            system="Prefect", target=where, status=status,
+        ) from exc  # fmt: skip
+    except httpx.TransportError as exc:
+        raise TransientError(
+            f"the Prefect API at {where} cannot be reached ({type(exc).__name__}): start the "
+            "server, or point PREFECT_API_URL at it",
+            system="Prefect", target=where,
+        ) from exc  # fmt: skip
