@@ -36,6 +36,8 @@ sandbox_app = typer.Typer(help="The local sandbox: real control planes + Azure e
 app.add_typer(sandbox_app, name="sandbox")
 pki_app = typer.Typer(help="The mesh CA in Key Vault.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+alerts_app = typer.Typer(help="Notifications on the rotation's events.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 
 ENVIRONMENTS_DIR = Path(
     os.environ.get("MESHFLOW_ENVIRONMENTS_DIR")
@@ -408,6 +410,29 @@ def pki_export(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         typer.echo(f"  wrote {target}")
+
+
+@alerts_app.command("ensure")
+def alerts_ensure(
+    webhook_block: Annotated[
+        str,
+        typer.Option(
+            "--webhook-block",
+            help="The saved notification block: NAME (a Custom Webhook block) or "
+            "SLUG/NAME (e.g. slack-webhook/ops).",
+        ),
+    ],
+    env: EnvOption = "sandbox",
+) -> None:
+    """Create or update the automations that report a failed or overdue rotation."""
+    from deployments.automations import ensure_rotation_alerts
+
+    with _environment(env) as (spec, api_url):
+        ensured = asyncio.run(ensure_rotation_alerts(spec.environment, webhook_block))
+    typer.echo(f"rotation alerts for {spec.environment} (through {webhook_block}):")
+    for e in ensured:
+        typer.echo(f"  {e.name:<40} {e.action}")
+    typer.echo(f"  details: {api_url.removesuffix('/api')}/automations")
 
 
 def main() -> None:

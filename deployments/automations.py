@@ -140,7 +140,7 @@ def rotation_alerts(
             posture=Posture.Proactive,
             after={EVENT_ROTATION_COMPLETED},
             expect={EVENT_ROTATION_COMPLETED},
-            match=_mesh(environment),
+            match={**_mesh(environment), "meshflow.dry-run": "false"},  # a plan is no rotation
             threshold=1,
             within=overdue_after,
         ),

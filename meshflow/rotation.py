@@ -298,6 +298,7 @@ def outcome_event(environment: str, problems: Iterable[str], *, dry_run: bool) -
         resource={
             "prefect.resource.id": f"meshflow.mesh.{environment}",
             "prefect.resource.name": environment,
+            "meshflow.dry-run": "true" if dry_run else "false",
         },
         payload={"problems": listed[:20], "dry_run": dry_run},
     )

@@ -263,3 +263,26 @@ def mesh_env(
     return env.wire_environment(
         azure_emulator, kube_clusters, environment="e2e", pki=PkiSettings(ca_key_size=2048)
     )
+
+
+@pytest.fixture(scope="module")
+def installed_mesh(mesh_env: MeshSpec, azure_emulator: AzureEmulator) -> Any:
+    """The session's mesh, installed (idempotent: usually a write-free re-run).
+
+    A module that scrubbed the vault's root (``test_pki_root``) leaves the clusters'
+    intermediates behind, and the install refuses to make a second root beside them: they are
+    dropped first, so that the install starts the mesh's PKI afresh.
+    """
+    import asyncio
+
+    from flows.install import install_mesh
+    from tasks.aks import forget_credentials
+    from tasks.pki import current_root
+
+    if current_root(mesh_env.pki_store) is None:
+        for c in mesh_env.clusters:
+            for name in (f"{c.name}-ca-cert", f"{c.name}-cert-chain"):
+                azure_emulator.drop_certificate(name)
+                azure_emulator.drop_secret(name)
+    forget_credentials()
+    return asyncio.run(install_mesh(mesh_env))

@@ -33,10 +33,9 @@ def _install(spec: MeshSpec) -> MeshReport:
 
 
 def test_a_cluster_that_leaves_loses_its_remote_secrets_and_gets_them_back_when_it_returns(
-    mesh_env: MeshSpec, kube_clusters: list[kube.LocalCluster]
+    installed_mesh: MeshReport, mesh_env: MeshSpec, kube_clusters: list[kube.LocalCluster]
 ) -> None:
     alpha, bravo = kube_clusters
-    _install(mesh_env)
     # A remote secret someone else manages: meshflow must never delete it.
     foreign = client.V1Secret(
         metadata=client.V1ObjectMeta(

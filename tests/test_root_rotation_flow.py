@@ -87,9 +87,8 @@ def _run(spec: MeshSpec, **kwargs: Any) -> RootRotationReport:
 
 
 @pytest.fixture(scope="module")
-def installed(mesh_env: MeshSpec) -> MeshReport:
-    forget_credentials()
-    return asyncio.run(install_mesh(mesh_env))
+def installed(installed_mesh: MeshReport) -> MeshReport:
+    return installed_mesh
 
 
 class _Background:

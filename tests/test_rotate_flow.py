@@ -51,9 +51,8 @@ def _rotate(spec: MeshSpec, **kwargs: Any) -> RotationReport:
 
 
 @pytest.fixture(scope="module")
-def installed(mesh_env: MeshSpec) -> MeshReport:
-    forget_credentials()
-    return asyncio.run(install_mesh(mesh_env))
+def installed(installed_mesh: MeshReport) -> MeshReport:
+    return installed_mesh
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,7 @@ def test_a_clean_run_completes_and_a_failure_names_what_failed() -> None:
     failed = outcome_event("dev", ["Key Vault 'kv' is unavailable"], dry_run=True)
     assert failed.event == "meshflow.rotation.failed"
     assert failed.resource["prefect.resource.id"] == "meshflow.mesh.dev"
+    assert failed.resource["meshflow.dry-run"] == "true"  # a plan does not reset "overdue"
     assert failed.payload == {"problems": ["Key Vault 'kv' is unavailable"], "dry_run": True}
 
 

@@ -31,7 +31,7 @@ from deployments.automations import (
     overdue_alert_name,
     rotation_alerts,
 )
-from flows.install import MeshReport, install_mesh
+from flows.install import MeshReport
 from flows.rotate import rotate_certificates
 from meshflow.errors import InvalidError, NotFoundError
 from meshflow.spec import MeshSpec
@@ -87,7 +87,7 @@ def test_the_definitions_name_the_event_the_mesh_the_block_and_the_posture() -> 
          set(), 1, dt.timedelta(0), {"prefect.resource.id": "meshflow.mesh.prod"}),
         ("meshflow-rotation-overdue-prod", Posture.Proactive, {"meshflow.rotation.completed"},
          {"meshflow.rotation.completed"}, 1, dt.timedelta(hours=26),
-         {"prefect.resource.id": "meshflow.mesh.prod"}),
+         {"prefect.resource.id": "meshflow.mesh.prod", "meshflow.dry-run": "false"}),
     ]  # fmt: skip
     for automation in (failed, overdue):
         (action,) = automation.actions
@@ -219,9 +219,8 @@ def test_an_overdue_rotation_is_reported(webhook_block: str, receiver: WebhookRe
 
 
 @pytest.fixture(scope="module")
-def installed(mesh_env: MeshSpec) -> MeshReport:
-    forget_credentials()
-    return asyncio.run(install_mesh(mesh_env))
+def installed(installed_mesh: MeshReport) -> MeshReport:
+    return installed_mesh
 
 
 def test_a_failed_rotation_reaches_the_webhook(
