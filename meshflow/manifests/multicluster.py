@@ -270,3 +270,104 @@ def departed_sources(secret_names: list[str], members: set[str]) -> list[str]:
     return sorted(
         n for n in secret_names if n.startswith(prefix) and n.removeprefix(prefix) not in members
     )
+
+
+# -- Reader-token rotation ---------------------------------------------------------------------
+
+READER_INTERIM_TOKEN_SECRET = f"{READER_TOKEN_SECRET}-interim"
+"""The reader token Secret that carries the remote secrets while istioctl's name gets a new one."""
+READER_TOKEN_GENERATION_LABEL = "meshflow.io/reader-token-generation"  # noqa: S105 - a label key
+"""Which rotation made a reader token Secret: 1, 2, ...; absent (0) on the one install makes."""
+
+
+class ReaderTokenSecret(NamedTuple):
+    """A reader token Secret in a source cluster, by name and generation; never its token."""
+
+    name: str
+    generation: int
+
+    def describe(self) -> str:
+        """``<name> (generation <n>)``, as reports show it."""
+        return f"{self.name} (generation {self.generation})"
+
+
+def rotated_reader_token_secret(token: ReaderTokenSecret) -> Manifest:
+    """The reader token Secret a rotation creates: :func:`reader_token_secret` as ``token``.
+
+    Same type and annotation (the token controller fills it the same way), named
+    ``token.name`` and labelled with its generation and ``managed-by: meshflow``. A later
+    install's apply of :func:`reader_token_secret` finds it satisfied: labels it does not ask
+    for are no difference.
+
+    Raises:
+        ValueError: ``token.name`` is neither istioctl's name nor the interim one, or its
+            generation is below 1 (generation 0 is the Secret install makes).
+    """
+    if token.name not in (READER_TOKEN_SECRET, READER_INTERIM_TOKEN_SECRET):
+        raise ValueError(
+            f"{token.name!r} is not a reader token Secret meshflow rotates (those are "
+            f"{READER_TOKEN_SECRET} and {READER_INTERIM_TOKEN_SECRET})"
+        )
+    if token.generation < 1:
+        raise ValueError(f"{token.describe()}: a rotation's generations start at 1")
+    secret = reader_token_secret()
+    secret["metadata"]["name"] = token.name
+    secret["metadata"]["labels"] = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        READER_TOKEN_GENERATION_LABEL: str(token.generation),
+    }
+    return secret
+
+
+def reader_token_generation(secret: Mapping[str, Any]) -> int:
+    """The generation of a live reader token Secret: its label, or 0 without a usable one."""
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    value = str(labels.get(READER_TOKEN_GENERATION_LABEL, ""))
+    return int(value) if value.isdigit() else 0
+
+
+class TokenHop(NamedTuple):
+    """One step of a rotation: ``new`` gets a token and every remote secret, then ``old`` goes.
+
+    ``old`` is None where it is gone already (an earlier run deleted it).
+    """
+
+    old: ReaderTokenSecret | None
+    new: ReaderTokenSecret
+
+
+def reader_token_hops(present: Mapping[str, int]) -> list[TokenHop]:
+    """The steps that rotate a source's reader token, from the token Secrets it has now.
+
+    ``present`` maps the reader token Secrets the source has (of istioctl's name and the
+    interim one; others are ignored) to their generations. A rotation ends where it started,
+    under istioctl's name, so that install (which applies :func:`reader_token_secret` and
+    exchanges its token) and ``istioctl create-remote-secret`` keep using the current token:
+    first to the interim Secret (generation n+1), then to a new Secret of istioctl's name
+    (n+2). Each step deletes its old Secret only after every remote secret holds the new one.
+
+    An interim Secret present means an earlier rotation stopped; its steps are finished, not
+    begun again: where istioctl's name is newer than the interim Secret, only the step back to
+    it is left; otherwise the interim Secret is reused for the first step (and istioctl's
+    name, if an install recreated it meanwhile, is the old one). Pure.
+
+    Raises:
+        ValueError: the source has neither Secret (install the mesh first).
+    """
+    stable = present.get(READER_TOKEN_SECRET)
+    interim = present.get(READER_INTERIM_TOKEN_SECRET)
+    if interim is None:
+        if stable is None:
+            raise ValueError(
+                f"no {READER_TOKEN_SECRET} to rotate; install the mesh first (`meshflow install`)"
+            )
+        via = ReaderTokenSecret(READER_INTERIM_TOKEN_SECRET, stable + 1)
+        return [
+            TokenHop(ReaderTokenSecret(READER_TOKEN_SECRET, stable), via),
+            TokenHop(via, ReaderTokenSecret(READER_TOKEN_SECRET, stable + 2)),
+        ]
+    via = ReaderTokenSecret(READER_INTERIM_TOKEN_SECRET, interim)
+    if stable is not None and stable > interim:  # made after the first step had ended
+        return [TokenHop(via, ReaderTokenSecret(READER_TOKEN_SECRET, stable))]
+    old = None if stable is None else ReaderTokenSecret(READER_TOKEN_SECRET, stable)
+    return [TokenHop(old, via), TokenHop(via, ReaderTokenSecret(READER_TOKEN_SECRET, interim + 1))]
