@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.runtime import RUNTIME
 from meshflow.appgateway import ingress_ip
-from meshflow.errors import MeshflowError, NotFoundError
-from meshflow.kubeconfig import parse_kubeconfig, token_kubeconfig
+from meshflow.errors import ForbiddenError, MeshflowError, NotFoundError
+from meshflow.kubeconfig import ClusterAccess, KubeconfigError, parse_kubeconfig, token_kubeconfig
 from meshflow.manifests import (
     ISTIO_NAMESPACE,
     READER_TOKEN_SECRET,
@@ -34,6 +34,12 @@ from meshflow.manifests import (
 )
 from meshflow.manifests.ingress import tls_gateway
 from meshflow.manifests.install import istiod_deployment_name
+from meshflow.manifests.multicluster import (
+    READER_INTERIM_TOKEN_SECRET,
+    ReaderTokenSecret,
+    reader_token_generation,
+    rotated_reader_token_secret,
+)
 from meshflow.objects import object_path, satisfies
 from meshflow.rotation import IstiodRestart, MountCheck, restart_reason, stale_mounts
 from meshflow.spec import ClusterSpec
@@ -52,9 +58,13 @@ __all__ = [
     "call_echoserver_across",
     "check_istiod_sync",
     "check_remote_secrets",
+    "delete_reader_token",
+    "ensure_reader_token",
+    "exchange_reader_token",
     "exchange_remote_secrets",
     "list_namespaces",
     "read_ingress_state",
+    "read_reader_tokens",
 ]
 
 T = TypeVar("T")
@@ -85,24 +95,43 @@ def apply_all(cluster: ClusterSpec, manifests: list[dict[str, Any]]) -> list[App
 TOKEN_WAIT = 30.0
 
 
+def _token_secret_path(name: str) -> str:
+    return f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{name}"
+
+
+def _filled(api: k8s.ApiClient, name: str, wait: float) -> dict[str, Any] | None:
+    """Token Secret ``name`` once the token controller filled its token and CA.
+
+    None if it has not within ``wait`` seconds, or does not exist. A read.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        secret = request_json(api, "GET", _token_secret_path(name)) or {}
+        data = secret.get("data") or {}
+        if data.get("token") and data.get("ca.crt"):
+            return secret
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _token_and_ca(secret: dict[str, Any]) -> tuple[str, bytes]:
+    data = secret["data"]
+    return base64.b64decode(data["token"]).decode(), base64.b64decode(data["ca.crt"])
+
+
 def reader_token(api: k8s.ApiClient, *, cluster: str) -> tuple[str, bytes]:
     """The istio-reader token and the cluster CA, once the token controller has filled them.
 
     Held in memory by the caller only; never returned from a task.
     """
-    path = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{READER_TOKEN_SECRET}"
-    deadline = time.monotonic() + TOKEN_WAIT
-    while True:
-        secret = request_json(api, "GET", path) or {}
-        data = secret.get("data") or {}
-        if data.get("token") and data.get("ca.crt"):
-            return base64.b64decode(data["token"]).decode(), base64.b64decode(data["ca.crt"])
-        if time.monotonic() > deadline:
-            raise KubeError(
-                f"cluster {cluster!r}: {READER_TOKEN_SECRET} has no token after "
-                f"{TOKEN_WAIT:.0f}s; is the token controller (kube-controller-manager) running?"
-            )
-        time.sleep(0.1)
+    secret = _filled(api, READER_TOKEN_SECRET, TOKEN_WAIT)
+    if secret is None:
+        raise KubeError(
+            f"cluster {cluster!r}: {READER_TOKEN_SECRET} has no token after "
+            f"{TOKEN_WAIT:.0f}s; is the token controller (kube-controller-manager) running?"
+        )
+    return _token_and_ca(secret)
 
 
 JOIN_THREADS = 16
@@ -147,8 +176,15 @@ def exchange_from(source: ClusterSpec, targets: Sequence[ClusterSpec]) -> list[A
     """
     if not targets:
         return []
+    token, ca_pem = reader_token(api_client(source.aks_block), cluster=source.name)
+    return _write_remote_secrets(source, targets, token, ca_pem)
+
+
+def _write_remote_secrets(
+    source: ClusterSpec, targets: Sequence[ClusterSpec], token: str, ca_pem: bytes
+) -> list[Applied]:
+    """``istio-remote-secret-<source>`` holding ``token`` into every target, concurrently."""
     name = source.name
-    token, ca_pem = reader_token(api_client(source.aks_block), cluster=name)
     server = cluster_access(source.aks_block).server
     kubeconfig = token_kubeconfig(cluster_name=name, server=server, ca_pem=ca_pem, token=token)
     secret = remote_secret(source_cluster=name, kubeconfig=kubeconfig)
@@ -510,6 +546,182 @@ def restart_istiod(
     return IstiodRestart(cluster=cluster.name, deployment=name, action="restarted", reason=reason)
 
 
+# -- Reader-token rotation: a new token into every remote secret before the old one goes -----
+
+
+def reader_token_secrets(source: ClusterSpec) -> dict[str, int]:
+    """The reader token Secrets ``source`` has, by name, with their generations. A read.
+
+    Only the two names a rotation uses (istioctl's and the interim one, see
+    :func:`~meshflow.manifests.multicluster.reader_token_hops`); a Secret without the
+    generation label is generation 0.
+
+    Raises:
+        KubeError: ``source`` has neither (the mesh is not installed there).
+    """
+    api = api_client(source.aks_block)
+    found = {}
+    for name in (READER_TOKEN_SECRET, READER_INTERIM_TOKEN_SECRET):
+        what = f"Secret {ISTIO_NAMESPACE}/{name}"
+        live = request_json(api, "GET", _token_secret_path(name), what=what)
+        if live is not None:
+            found[name] = reader_token_generation(live)
+    if not found:
+        raise KubeError(
+            f"cluster {source.name!r} has no {READER_TOKEN_SECRET}: there is no reader token "
+            "to rotate; install the mesh first (`meshflow install`)"
+        )
+    return found
+
+
+def _rotation_token(
+    api: k8s.ApiClient, cluster: str, token: ReaderTokenSecret
+) -> tuple[str, bytes]:
+    """``token``'s token and CA once filled, if the Secret is still of ``token.generation``.
+
+    Held in memory by the caller only; never returned from a task.
+
+    Raises:
+        KubeError: the Secret is missing or unfilled after :data:`TOKEN_WAIT`, or it is of
+            another generation (it changed since the run read it).
+    """
+    secret = _filled(api, token.name, TOKEN_WAIT)
+    if secret is None:
+        raise KubeError(
+            f"cluster {cluster!r}: {token.name} has no token after {TOKEN_WAIT:.0f}s (missing, "
+            "or the token controller is not running); run the rotation again"
+        )
+    if (found := reader_token_generation(secret)) != token.generation:
+        raise KubeError(
+            f"cluster {cluster!r}: {token.name} is of generation {found}, not "
+            f"{token.generation}: it changed since this run read it; run the rotation again"
+        )
+    return _token_and_ca(secret)
+
+
+def _accepted(access: ClusterAccess, wait: float) -> bool:
+    """Whether the API server of ``access`` accepts its token within ``wait`` seconds."""
+    client = api_client_for(access)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                request_json(client, "GET", "/api", what="the API server's discovery")
+                return True
+            except ForbiddenError:  # 401 until this API server has seen the Secret
+                if time.monotonic() > deadline:
+                    return False
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def new_reader_token(source: ClusterSpec, token: ReaderTokenSecret) -> Applied:
+    """Create reader token Secret ``token`` in ``source`` unless it exists; wait until it works.
+
+    Waits (bounded by :data:`TOKEN_WAIT`) until the token controller filled it and the source
+    API server accepts its token: an API server learns of a new Secret through its own cache,
+    and the check that follows must not judge the token before then (if it still does not,
+    the check fails and nothing is deleted). Idempotent: an existing Secret of that name is
+    kept as it is, and reported unchanged. Needs create and get on Secrets in
+    ``istio-system`` of ``source``.
+
+    Raises:
+        KubeError: see :func:`_rotation_token`.
+        InvalidError, ForbiddenError, TransientError: see :func:`~tasks.kube_client.apply_object`.
+    """
+    api = api_client(source.aks_block)
+    what = f"Secret {ISTIO_NAMESPACE}/{token.name}"
+    if request_json(api, "GET", _token_secret_path(token.name), what=what) is None:
+        applied = apply_object(api, rotated_reader_token_secret(token), cluster=source.name)
+    else:
+        applied = Applied(cluster=source.name, object=what, action="unchanged")
+    value, ca_pem = _rotation_token(api, source.name, token)
+    server = cluster_access(source.aks_block).server
+    access = ClusterAccess(
+        context=source.name, server=server, ca_pem=ca_pem, auth="token", token=value
+    )
+    _accepted(access, TOKEN_WAIT)
+    return applied
+
+
+def exchange_token(
+    source: ClusterSpec, targets: Sequence[ClusterSpec], token: ReaderTokenSecret
+) -> list[Applied]:
+    """Step 08 with reader token Secret ``token``: its token into every target's remote secret.
+
+    :func:`exchange_from` with a chosen token Secret, which must still be of
+    ``token.generation``: ``istio-remote-secret-<source>`` written into every target,
+    concurrently, the token passing through this process's memory only. Idempotent.
+
+    Raises:
+        KubeError: see :func:`_rotation_token` (nothing written then).
+        InvalidError, ForbiddenError, TransientError: see :func:`~tasks.kube_client.apply_object`.
+    """
+    if not targets:
+        return []
+    value, ca_pem = _rotation_token(api_client(source.aks_block), source.name, token)
+    return _write_remote_secrets(source, targets, value, ca_pem)
+
+
+def _token_in(kubeconfig: str) -> str | None:
+    """The token a stored kubeconfig authenticates with; None if it does not parse."""
+    try:
+        return parse_kubeconfig(kubeconfig).token
+    except KubeconfigError:
+        return None  # istiod cannot use it either: it holds no token that works
+
+
+def retire_token(
+    source: ClusterSpec, targets: Sequence[ClusterSpec], token: ReaderTokenSecret
+) -> Applied:
+    """Delete reader token Secret ``token`` from ``source`` unless a remote secret holds it.
+
+    The last step of each rotation step, once every remote secret holds the new token and
+    was checked. Just before the delete, each target's ``istio-remote-secret-<source>`` is
+    read again and compared with the token to be deleted: while one holds it, nothing is
+    deleted. The delete is conditional on the Secret's uid, so a Secret made under that name
+    since the read is never deleted. Idempotent: a Secret already gone is reported unchanged.
+    Needs get and delete on Secrets in ``istio-system`` of ``source``, get on Secrets in
+    ``istio-system`` of every target.
+
+    Raises:
+        KubeError: a remote secret still holds its token, or the Secret is of another
+            generation than ``token`` (it changed since the run read it); nothing deleted.
+        ConflictError: the Secret was replaced between the read and the delete (retried).
+    """
+    api = api_client(source.aks_block)
+    what = f"Secret {ISTIO_NAMESPACE}/{token.name}"
+    path = _token_secret_path(token.name)
+    live = request_json(api, "GET", path, what=what)
+    if live is None:
+        return Applied(cluster=source.name, object=what, action="unchanged")
+    if (found := reader_token_generation(live)) != token.generation:
+        raise KubeError(
+            f"cluster {source.name!r}: not deleting {token.name}: it is of generation {found}, "
+            f"not {token.generation} (it changed since this run read it); run the rotation again"
+        )
+    value = base64.b64decode((live.get("data") or {}).get("token") or "").decode()
+    stored = _each(lambda t: _stored_kubeconfig(t, source.name), targets)
+    holders = [
+        t.name for t, text in zip(targets, stored, strict=True)
+        if value and text is not None and _token_in(text) == value
+    ]  # fmt: skip
+    if holders:
+        raise KubeError(
+            f"cluster {source.name!r}: not deleting {token.name}: "
+            f"{remote_secret_name(source.name)} in {', '.join(holders)} still holds its token; "
+            "run the rotation again"
+        )
+    preconditions = {"apiVersion": "v1", "kind": "DeleteOptions",
+                     "preconditions": {"uid": live["metadata"]["uid"]}}  # fmt: skip
+    try:
+        request_json(api, "DELETE", path, body=preconditions, what=what)
+    except NotFoundError:
+        return Applied(cluster=source.name, object=what, action="unchanged")
+    return Applied(cluster=source.name, object=what, action="deleted")
+
+
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 list_namespaces = blocking_task("list-namespaces", task_run_name="list-namespaces-{cluster.name}")(
@@ -542,3 +754,16 @@ restart_istiod_where_needed = blocking_task(
 prune_remote_secrets = blocking_task(
     "prune-remote-secrets", task_run_name="prune-remote-secrets-in-{cluster.name}"
 )(prune_departed)
+read_reader_tokens = blocking_task(
+    "read-reader-tokens", task_run_name="read-reader-tokens-of-{source.name}"
+)(reader_token_secrets)
+ensure_reader_token = blocking_task(
+    "ensure-reader-token", task_run_name="ensure-reader-token-{token.generation}-of-{source.name}"
+)(new_reader_token)
+exchange_reader_token = blocking_task(
+    "exchange-reader-token",
+    task_run_name="exchange-reader-token-{token.generation}-from-{source.name}",
+)(exchange_token)
+delete_reader_token = blocking_task(
+    "delete-reader-token", task_run_name="delete-reader-token-{token.generation}-of-{source.name}"
+)(retire_token)
