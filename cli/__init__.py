@@ -259,10 +259,18 @@ def verify(env: EnvOption = "sandbox") -> None:
 
 
 @app.command("install")
-def install(env: EnvOption = "sandbox") -> None:
+def install(
+    env: EnvOption = "sandbox",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what the install would write; write nothing.")
+    ] = False,
+) -> None:
     """Install the mesh: PKI, every cluster in parallel, remote secrets, validation."""
     from flows.install import install_mesh
 
+    if dry_run:
+        _plan(env)
+        return
     with _environment(env) as (spec, api_url):
         _use_sandbox_istioctl(env)
         report = asyncio.run(install_mesh(spec))
@@ -283,6 +291,18 @@ def install(env: EnvOption = "sandbox") -> None:
     typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
     if not report.ok:
         raise _fail("the mesh has problems; see the mesh artifact in the Prefect UI")
+
+
+def _plan(env: str) -> None:
+    from flows.plan import plan_install
+
+    with _environment(env) as (spec, api_url):
+        plan = asyncio.run(plan_install(spec))
+    for line in plan.lines():
+        typer.echo(line)
+    typer.echo(f"  details: {api_url.removesuffix('/api')} (artifact plan-{env})")
+    if plan.refused:
+        raise _fail("the install would refuse: " + plan.refused[0].reason)
 
 
 @app.command("expose")

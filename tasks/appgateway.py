@@ -46,6 +46,7 @@ from meshflow.manifests.ingress import (
     http_ingress,
     tls_ingress,
 )
+from meshflow.plan import PlannedChange
 from meshflow.spec import ClusterSpec
 from tasks.aks import AksError, ClusterFacts
 from tasks.blocking import blocking_task
@@ -354,6 +355,43 @@ def agic_reconciled(
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 
+def plan_gateway(
+    cluster: ClusterSpec, facts: ClusterFacts, key_vault_block: str, root_pem: str
+) -> list[PlannedChange]:
+    """What :func:`ensure_gateway` would write on the cluster's App Gateway now. Reads only.
+
+    The identity (absent: created), and the gateway's three parts :func:`meshflow.appgateway.
+    missing` names; the role assignment and the vault's access policy are checked by the write
+    itself and are not listed.
+    """
+    block, gateway_id = _gateway_of(cluster, facts)
+    sub, group, name = agw.parse_resource_id(gateway_id)
+    identities = block.identity_client(sub).user_assigned_identities
+    changes = []
+    try:
+        with _arm(block, cluster, "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+                  f"resource group {group}"):  # fmt: skip
+            identity_id = str(identities.get(group, agw.GATEWAY_IDENTITY).id)
+    except NotFoundError:
+        identity_id = (
+            f"/subscriptions/{sub}/resourceGroups/{group}/providers/"
+            f"Microsoft.ManagedIdentity/userAssignedIdentities/{agw.GATEWAY_IDENTITY}"
+        )
+        changes.append(PlannedChange(system="App Gateway", target=cluster.name,
+                                     object=f"identity {agw.GATEWAY_IDENTITY}", change="create",
+                                     reason="the gateway reads the vault with it"))  # fmt: skip
+    vault = load_block(KeyVault, key_vault_block)
+    gateway, _ = _read(block, cluster, gateway_id)
+    secret_id = agw.unversioned_secret_id(vault.url)
+    lacking = agw.missing(gateway, identity_id=identity_id, secret_id=secret_id, root_pem=root_pem)
+    if lacking:
+        reason = ", ".join(lacking) + " missing or different"
+        changes.append(PlannedChange(system="App Gateway", target=cluster.name,
+                                     object=f"App Gateway {name}", change="update",
+                                     reason=reason))  # fmt: skip
+    return changes
+
+
 def frontend_reference(cluster: ClusterSpec, facts: ClusterFacts) -> str | None:
     """The secret id the cluster's App Gateway serves ``frontend-certificate`` from; a read.
 
@@ -376,3 +414,6 @@ check_agic = blocking_task("check-agic", task_run_name="check-agic-{cluster.name
 read_frontend_reference = blocking_task(
     "read-frontend-reference", task_run_name="read-frontend-reference-{cluster.name}"
 )(frontend_reference)
+plan_app_gateway = blocking_task(
+    "plan-app-gateway", task_run_name="plan-app-gateway-{cluster.name}"
+)(plan_gateway)

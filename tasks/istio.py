@@ -29,6 +29,7 @@ from meshflow.manifests import (
     istioctl_install_flags,
     istiod_deployment_name,
 )
+from meshflow.plan import PlannedChange
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import cluster_access
 from tasks.blocking import blocking_task
@@ -162,6 +163,28 @@ def _other_revisions(api: k8s.ApiClient, revision: str) -> tuple[str, ...]:
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 
+def plan_install(spec: MeshSpec, cluster: ClusterSpec) -> PlannedChange | None:
+    """Whether :func:`install_on_cluster` would run ``istioctl install`` now, and why. A read."""
+    files = istio_operator_files(spec, cluster, ingress_certificates=spec.serves_tls(cluster))
+    digest = install_digest(istioctl_install_flags(spec), files)
+    api = api_client(cluster.aks_block)
+    record = request_json(
+        api, "GET", f"/api/v1/namespaces/{ISTIO_NAMESPACE}/configmaps/{INSTALL_RECORD}"
+    )
+    name = istiod_deployment_name(spec.istio_revision)
+    istiod = request_json(
+        api, "GET", f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{name}"
+    )
+    if record is None or istiod is None:
+        reason = "Istio is not installed (revision " + spec.istio_revision + ")"
+    elif (record.get("data") or {}).get("digest") != digest:
+        reason = "the IstioOperator files or flags changed since the last install"
+    else:
+        return None
+    return PlannedChange(system="Istio", target=cluster.name, object=f"istioctl install ({name})",
+                         change="install", reason=reason)  # fmt: skip
+
+
 def multiroot_problem(cluster: ClusterSpec, revision: str) -> str | None:
     """Why ``cluster``'s istiod could not take a second root without restarts; None if it can.
 
@@ -208,3 +231,6 @@ install_istio = blocking_task("install-istio", task_run_name="install-istio-{clu
 check_multiroot = blocking_task("check-multiroot", task_run_name="check-multiroot-{cluster.name}")(
     multiroot_problem
 )
+plan_istio_install = blocking_task(
+    "plan-istio-install", task_run_name="plan-istio-install-{cluster.name}"
+)(plan_install)

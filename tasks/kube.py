@@ -41,11 +41,19 @@ from meshflow.manifests.multicluster import (
     rotated_reader_token_secret,
 )
 from meshflow.objects import object_path, satisfies
+from meshflow.plan import Change, PlannedChange
 from meshflow.rotation import IstiodRestart, MountCheck, restart_reason, stale_mounts
 from meshflow.spec import ClusterSpec
 from tasks.aks import cluster_access
 from tasks.blocking import blocking_task
-from tasks.kube_client import Applied, api_client, api_client_for, apply_object, request_json
+from tasks.kube_client import (
+    Applied,
+    api_client,
+    api_client_for,
+    apply_object,
+    co_owned_changes,
+    request_json,
+)
 from tasks.retry import is_transient
 
 __all__ = [
@@ -722,6 +730,74 @@ def retire_token(
     return Applied(cluster=source.name, object=what, action="deleted")
 
 
+# -- Plan: what the apply and the exchange would write, read only -----------------------------
+
+
+def plan_manifests(cluster: ClusterSpec, manifests: list[dict[str, Any]]) -> list[PlannedChange]:
+    """What :func:`apply_all` would write for ``manifests`` now: one GET per object.
+
+    Absent: created; present but lacking a field meshflow sets: updated, unless the field
+    belongs to istioctl (then left alone, as the apply leaves it).
+    """
+    api, changes = api_client(cluster.aks_block), []
+    for obj in manifests:
+        path = object_path(obj)
+        live = request_json(api, "GET", path.item, what=path.describe)
+        if live is None:
+            change, reason = "create", "absent"
+        elif satisfies(live, obj) or co_owned_changes(live, obj):
+            continue
+        else:
+            change, reason = "update", "differs from what meshflow sets"
+        planned = PlannedChange(
+            system="Kubernetes", target=cluster.name, object=path.describe, change=change,
+            reason=reason,
+        )  # fmt: skip
+        changes.append(planned)
+    return changes
+
+
+def plan_secrets(cluster: ClusterSpec, members: Sequence[ClusterSpec]) -> list[PlannedChange]:
+    """The remote secrets ``cluster`` would receive or lose in the join: read only.
+
+    One per other member: created when absent, updated when its kubeconfig names another API
+    server than the source's current one (its token is checked by the join's check, not here);
+    and those meshflow wrote for clusters no longer in ``members``: deleted.
+    """
+    api = api_client(cluster.aks_block)
+    base = f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets"
+    changes = []
+
+    def add(name: str, change: Change, reason: str) -> None:
+        changes.append(PlannedChange(system="Kubernetes", target=cluster.name,
+                                     object=f"Secret {ISTIO_NAMESPACE}/{name}", change=change,
+                                     reason=reason))  # fmt: skip
+
+    for source in members:
+        if source.name == cluster.name:
+            continue
+        name = remote_secret_name(source.name)
+        stored = request_json(api, "GET", f"{base}/{name}")
+        if stored is None:
+            add(name, "create", f"lets istiod read {source.name}")
+            continue
+        text = base64.b64decode((stored.get("data") or {}).get(source.name, "") or b"")
+        server = cluster_access(source.aks_block).server
+        try:
+            held = parse_kubeconfig(text).server
+        except KubeconfigError:
+            held = ""
+        if held != server:
+            add(name, "update", f"it names {held or 'no server'}, {source.name} is at {server}")
+    listed = request_json(
+        api, "GET", base, query={"labelSelector": managed_remote_secret_selector()}
+    )
+    names = [str(i["metadata"]["name"]) for i in (listed or {}).get("items", [])]
+    for name in departed_sources(names, {m.name for m in members}):
+        add(name, "delete", "its cluster left the mesh")
+    return changes
+
+
 # -- The steps as Prefect tasks --------------------------------------------------------------
 
 list_namespaces = blocking_task("list-namespaces", task_run_name="list-namespaces-{cluster.name}")(
@@ -767,3 +843,9 @@ exchange_reader_token = blocking_task(
 delete_reader_token = blocking_task(
     "delete-reader-token", task_run_name="delete-reader-token-{token.generation}-of-{source.name}"
 )(retire_token)
+plan_objects = blocking_task("plan-objects", task_run_name="plan-objects-{cluster.name}")(
+    plan_manifests
+)
+plan_remote_secrets = blocking_task(
+    "plan-remote-secrets", task_run_name="plan-remote-secrets-in-{cluster.name}"
+)(plan_secrets)

@@ -77,6 +77,7 @@ from meshflow.manifests import (
     ca_certificate_name,
     cert_chain_secret_name,
 )
+from meshflow.plan import Change, PlannedChange
 from meshflow.rootrotation import NEXT, NEXT_TAG
 from meshflow.rotation import (
     FORCED_TAG,
@@ -1042,6 +1043,66 @@ def frontend_renewal(store: PkiStore) -> FrontendCheck:
     )  # fmt: skip
 
 
+# -- Plan: what the PKI steps would write, read only ---------------------------------------------
+
+
+def plan(store: PkiStore, clusters: Sequence[ClusterSpec]) -> list[PlannedChange]:
+    """What steps 02-03, 16 and 19 would write now, found by reads only.
+
+    The root: created only in a vault with no trace of a mesh (else the install refuses, as
+    :func:`ensure_root` does); ``root-cert`` rewritten if it does not hold the root; each
+    intermediate issued as :func:`ensure_intermediate` would; the ingress leaf and the frontend
+    certificate when absent or due.
+    """
+    (vault, root_vault), settings, now = _vaults(store), store.settings, _now()
+    root = current_root(store)
+    changes: list[PlannedChange] = []
+
+    def change(obj: str, what: Change, reason: str, where: KeyVault = vault) -> None:
+        changes.append(PlannedChange(system="Key Vault", target=where.vault_name, object=obj,
+                                     change=what, reason=reason))  # fmt: skip
+
+    names = [c.name for c in clusters]
+    with vault_clients(vault) as (secrets, certs):
+        if root is None:
+            leftovers = _existing_mesh_objects(secrets, certs, names)
+            if leftovers:
+                change(
+                    ROOT_KEY, "refuse", f"no root CA, but {', '.join(leftovers)} exist", root_vault
+                )
+                return changes
+            change(ROOT_KEY, "create", "a new mesh: a vault-only root key", root_vault)
+            change(ROOT_CERT_SECRET, "create", "the new root, for every cluster")
+        else:
+            bundle = get_secret_value(secrets, ROOT_CERT_SECRET) or ""
+            if root.cert not in pki.load_pem_chain(bundle.encode()):
+                change(ROOT_CERT_SECRET, "update", "it does not hold the mesh root")
+        for c in names:
+            stored = get_certificate(certs, ca_certificate_name(c))
+            reason = (
+                "a new mesh"
+                if root is None
+                else _intermediate_due(stored, root.cert, now, settings)
+            )
+            if reason:
+                change(f"{ca_certificate_name(c)} + {cert_chain_secret_name(c)}", "issue", reason)
+        leaf = get_certificate(certs, INGRESS_CERT)
+        leaf_reason = "it does not exist yet" if leaf is None else (
+            "a new root" if root is None
+            else _reissue_reason(public_cert(leaf), root.cert, now, settings)
+        )  # fmt: skip
+        if leaf_reason:
+            change(INGRESS_CERT, "issue", leaf_reason)
+        front = get_certificate(certs, FRONTEND_CERT)
+        if front is None:
+            change(FRONTEND_CERT, "create", "it does not exist yet")
+        elif not store.frontend_pfx_block and pki.rotation_due(
+            public_cert(front), now=now, threshold_days=settings.rotation_threshold_days
+        ):
+            change(FRONTEND_CERT, "create", "it expires within the threshold")
+    return changes
+
+
 ensure_root_ca = blocking_task("ensure-root-ca")(ensure_root)
 ensure_intermediate_ca = blocking_task(
     "ensure-intermediate-ca", task_run_name="ensure-intermediate-ca-{cluster.name}"
@@ -1058,3 +1119,4 @@ rotate_intermediate_ca = blocking_task(
 )(rotate_intermediate)
 rotate_ingress_certificate = blocking_task("rotate-ingress-certificate")(rotate_ingress_leaf)
 check_frontend_renewal = blocking_task("check-frontend-renewal")(frontend_renewal)
+plan_pki = blocking_task("plan-pki")(plan)
