@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from cryptography import x509
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -36,6 +42,7 @@ from meshflow import pki
 from meshflow.rootrotation import STATE_SECRET, RootRotationState
 from meshflow.spec import MeshSpec
 from sandbox.azure import AzureEmulator
+from sandbox.prefect_server import PrefectServer
 from tasks.aks import cluster_facts, forget_credentials
 from tasks.pki import ROOT_KEY
 
@@ -244,3 +251,81 @@ def test_an_abort_after_phase_2_goes_back_to_the_old_root_everywhere(
     forget_credentials()
     again = asyncio.run(install_mesh(mesh_env))
     assert again.ok and again.writes == 0  # noqa: PT018
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _rotate_in_child(spec_file: Path, server: PrefectServer) -> subprocess.Popen[bytes]:
+    """``rotate_root(spec, approve="auto")`` in a process of its own, to be killed."""
+    return subprocess.Popen(
+        [sys.executable, "-c",
+         "import asyncio, sys; from flows.rotate_root import rotate_root; "
+         "from meshflow.spec import MeshSpec; "
+         "asyncio.run(rotate_root(MeshSpec.model_validate_json(open(sys.argv[1]).read()), "
+         "approve='auto'))",
+         str(spec_file)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PREFECT_API_URL": server.api_url,
+             "PREFECT_HOME": str(server.database.parent)},
+    )  # fmt: skip
+
+
+def test_a_run_killed_in_each_phase_is_resumed_there_by_the_next_and_makes_one_root(
+    installed: MeshReport, mesh_env: MeshSpec, azure_emulator: AzureEmulator,
+    prefect_server: PrefectServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    # Each child is held (a slow Key Vault answer) at a write of the phase, then SIGKILLed:
+    # the next run takes the mesh lock once the dead run's lease lapses, and goes on from the
+    # recorded phase.
+    spec_file = tmp_path / "mesh.json"
+    spec_file.write_text(mesh_env.model_dump_json())
+    start = _key_versions(mesh_env)
+    holds = [
+        (1, r"^/secrets/root-cert$", "PUT"),  # phase 1: both roots into root-cert
+        (2, r"^/keys/istio-root-ca-key/[^/]+$", "PATCH"),  # phase 2: the switch
+        (3, r"^/secrets/root-cert$", "PUT"),  # phase 3: only the new root
+    ]
+    previous = _state(mesh_env).rotation_id if _has_state(mesh_env) else None
+    rotation = None
+    try:
+        for phase, pattern, method in holds:
+            azure_emulator.add_fault(pattern, method=method, status=None, delay_ms=120_000,
+                                     times=1000)  # fmt: skip
+            child = _rotate_in_child(spec_file, prefect_server)
+            deadline = time.monotonic() + 150  # includes the lapse of a killed run's lease
+            while time.monotonic() < deadline and child.poll() is None:
+                state = _state(mesh_env) if _has_state(mesh_env) else None
+                if (
+                    state is not None
+                    and state.rotation_id != previous
+                    and (state.phase, state.status) == (phase, "in progress")
+                ):
+                    break
+                time.sleep(0.3)
+            assert child.poll() is None, "the run ended instead of being held"
+            time.sleep(2.0)  # at the held write of the phase
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            azure_emulator.clear_faults()
+            state = _state(mesh_env)
+            rotation = rotation or state.rotation_id
+            assert (state.rotation_id, state.status, state.phase) == (
+                rotation,
+                "in progress",
+                phase,
+            )
+        report = _run(mesh_env, approve="auto")
+    finally:
+        azure_emulator.clear_faults()
+    assert (report.rotation_id, report.status) == (rotation, "done")
+    assert len(_key_versions(mesh_env)) == len(start) + 1  # one new root for four runs
+    assert _certs(_secret(mesh_env, "root-cert")) == _certs(_state(mesh_env).new_pem)
+
+
+def _has_state(spec: MeshSpec) -> bool:
+    try:
+        _secret(spec, STATE_SECRET)
+    except ResourceNotFoundError:
+        return False
+    return True
