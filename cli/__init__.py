@@ -361,6 +361,19 @@ def rotate(
         raise _fail("the rotation found problems: " + "; ".join(report.problems[:3]))
 
 
+@app.command("rotate-reader-tokens")
+def rotate_reader_tokens_command(env: EnvOption = "sandbox") -> None:
+    """Give every cluster's istio-reader a new token in each remote secret; delete the old one."""
+    from flows.reader_tokens import rotate_reader_tokens
+
+    with _environment(env) as (spec, api_url):
+        report = asyncio.run(rotate_reader_tokens(spec))
+    for line in report.lines():
+        typer.echo(line)
+    details = api_url.removesuffix("/api")
+    typer.echo(f"  details: {details} (artifact reader-tokens-{report.environment})")
+
+
 @app.command("rotate-root")
 def rotate_root_command(
     env: EnvOption = "sandbox",

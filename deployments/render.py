@@ -31,6 +31,9 @@ FLOWS: tuple[tuple[str, str, str | None, str], ...] = (
      "Hourly: every cluster's credentials and API server, and Key Vault, still work."),
     ("ensure-mesh-pki", "flows/pki.py:ensure_mesh_pki", None,
      "The mesh PKI in Key Vault on its own: root, intermediates, ingress certificates."),
+    ("rotate-reader-tokens", "flows/reader_tokens.py:rotate_reader_tokens", "0 4 * * 1",
+     "Weekly: every cluster's istio-reader gets a new token in every remote secret, checked "
+     "with its own kubeconfig before the old token Secret is deleted; an artifact per run."),
     ("rotate-root", "flows/rotate_root.py:rotate_root", None,
      "Root CA rotation in three phases; pauses for approval (a form) between phases."),
     ("rotate-certificates", "flows/rotate.py:rotate_certificates", "0 3 * * *",

@@ -152,7 +152,7 @@ def test_a_reader_that_lost_its_rights_is_reported_and_repaired(
     (denied,) = check_from(mesh_env.cluster(alpha.name), [mesh_env.cluster(bravo.name)])
     assert denied.reachable
     assert not denied.read_ok
-    assert len(denied.missing) == 16  # list and watch on each of the 8 resources istiod reads
+    assert len(denied.missing) == 14  # list and watch on each of the 7 resources istiod reads
     assert {"list core/pods", "watch discovery.k8s.io/endpointslices"} <= set(denied.missing)
     report = _run(mesh_env)  # restores the binding
     assert report.ok
@@ -407,7 +407,7 @@ def test_identical_copies_of_a_remote_secret_are_reviewed_once(
     access = check_from(spec.cluster("one"), targets)
     assert [a.target for a in access] == ["two", "three", "four"]
     assert all(a.read_ok for a in access)
-    assert reviews == [clusters[0].api_url] * 16  # one kubeconfig, reviewed once
+    assert reviews == [clusters[0].api_url] * 14  # one kubeconfig, reviewed once
 
     # A copy that differs (here: a blank line more, as a hand edit would leave) is its own check.
     three = _core(clusters[2])
