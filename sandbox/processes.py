@@ -224,10 +224,18 @@ def stop(procs: Iterable[tuple[int, str]], *, grace: float = 5.0) -> list[int]:
         if not any(is_running(pid, marker) for pid, marker in mine):
             break
         time.sleep(0.05)
-    for pid, marker in mine:
-        if is_running(pid, marker):
-            _signal_group(pid, signal.SIGKILL)
+    killed = [(pid, marker) for pid, marker in mine if is_running(pid, marker)]
+    for pid, _ in killed:
+        _signal_group(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: on a loaded machine a killed process can still be
+    # running when kill() returns. Wait for it, so that a stopped process is a gone one.
+    deadline = time.monotonic() + grace
+    while killed and time.monotonic() < deadline:
+        for pid, _ in killed:
             _reap(pid)
+        killed = [(pid, marker) for pid, marker in killed if is_running(pid, marker)]
+        if killed:
+            time.sleep(0.02)
     return [pid for pid, _ in mine]
 
 

@@ -329,3 +329,44 @@ def _has_state(spec: MeshSpec) -> bool:
     except ResourceNotFoundError:
         return False
     return True
+
+
+def test_a_mesh_with_an_exportable_root_moves_to_a_vault_only_root(
+    installed: MeshReport, mesh_env: MeshSpec, azure_emulator: AzureEmulator
+) -> None:
+    # A mesh of the older design: its root is the exportable certificate istio-root-ca.
+    from tasks.keyvault import import_cert_key
+    from tasks.pki import ROOT_CA, ROOT_CERT_OBJECT, _now
+    from tests.pki_offline import generate_root_ca
+
+    for name in ("root-cert", ROOT_CERT_OBJECT, "echoserver", STATE_SECRET):
+        azure_emulator.drop_certificate(name)
+        azure_emulator.drop_secret(name)
+    azure_emulator.drop_key(ROOT_KEY)
+    for c in mesh_env.clusters:
+        azure_emulator.drop_certificate(f"{c.name}-ca-cert")
+        azure_emulator.drop_secret(f"{c.name}-cert-chain")
+    vault = load_block(KeyVault, mesh_env.key_vault_block)
+    legacy = generate_root_ca(now=_now(), key_size=2048)
+    import_cert_key(vault.certificate_client(), ROOT_CA, legacy, tags={}, pem=True)
+    try:
+        forget_credentials()
+        assert asyncio.run(install_mesh(mesh_env)).ok
+        assert all(_chain_root(mesh_env, c.name) == legacy.cert for c in mesh_env.clusters)
+        report = _run(mesh_env, approve="auto")
+        assert report.status == "done"
+        (new,) = _certs(_secret(mesh_env, "root-cert"))
+        assert new != legacy.cert
+        assert all(_chain_root(mesh_env, c.name) == new for c in mesh_env.clusters)
+        assert _gateway_roots(mesh_env) == {_der(new)}
+        certs = vault.certificate_client()
+        assert [p.enabled for p in certs.list_properties_of_certificate_versions(ROOT_CA)] == [
+            False
+        ]  # the exportable root signs no more
+        key = vault.key_client().get_key(ROOT_KEY, report.new_root_version)
+        assert key.properties.exportable is False  # the new root never leaves the vault
+        forget_credentials()
+        again = asyncio.run(install_mesh(mesh_env))
+        assert again.ok and again.writes == 0  # noqa: PT018
+    finally:
+        azure_emulator.drop_certificate(ROOT_CA)  # later modules start from a vault-only root
