@@ -59,28 +59,10 @@ def certificate_data(pem: str) -> str:
     return base64.b64encode(pem.encode()).decode()
 
 
-def certificate_der(data: str) -> bytes | None:
-    """The DER certificate inside a trusted root's ``data`` (base64 of a PEM or a DER file)."""
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError:
-        return None
-    text = raw.decode("ascii", errors="replace")
-    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
-    if begin not in text:
-        return raw
-    body = text.split(begin, 1)[1].split(end, 1)[0]
-    try:
-        return base64.b64decode("".join(body.split()), validate=True)
-    except ValueError:
-        return None
+def _certificate_ders(data: str) -> list[bytes] | None:
+    """The DER certificates, in order, inside a trusted root's ``data``; None if it holds none.
 
-
-def certificate_ders(data: str) -> frozenset[bytes] | None:
-    """Every DER certificate inside a trusted root's ``data`` (a PEM bundle or one DER file).
-
-    During a root rotation the trusted root holds the old and the new root (one PEM file with
-    both), so gateways are compared by the set of certificates, not the first one.
+    ``data`` is base64 of a PEM bundle or of one DER file.
     """
     try:
         raw = base64.b64decode(data, validate=True)
@@ -89,14 +71,30 @@ def certificate_ders(data: str) -> frozenset[bytes] | None:
     text = raw.decode("ascii", errors="replace")
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
     if begin not in text:
-        return frozenset({raw}) if raw else None
-    found = set()
+        return [raw] if raw else None
+    found = []
     for part in text.split(begin)[1:]:
         try:
-            found.add(base64.b64decode("".join(part.split(end, 1)[0].split()), validate=True))
+            found.append(base64.b64decode("".join(part.split(end, 1)[0].split()), validate=True))
         except ValueError:
             return None
-    return frozenset(found)
+    return found
+
+
+def certificate_der(data: str) -> bytes | None:
+    """The (first) DER certificate inside a trusted root's ``data`` (base64 of a PEM or a DER)."""
+    ders = _certificate_ders(data)
+    return ders[0] if ders else None
+
+
+def certificate_ders(data: str) -> frozenset[bytes] | None:
+    """Every DER certificate inside a trusted root's ``data`` (a PEM bundle or one DER file).
+
+    During a root rotation the trusted root holds the old and the new root (one PEM file with
+    both), so gateways are compared by the set of certificates, not the first one.
+    """
+    ders = _certificate_ders(data)
+    return frozenset(ders) if ders is not None else None
 
 
 def _named(items: Sequence[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:

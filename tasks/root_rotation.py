@@ -151,6 +151,15 @@ def publish_trust(store: PkiStore, state: RootRotationState) -> ObjectRef:
         )  # fmt: skip
 
 
+def _publish_root_certificate(secrets: SecretClient, pem: str, key_version: str) -> bool:
+    """``istio-root-ca-cert`` = the certificate of root key version ``key_version``; written?"""
+    ref = ensure_secret_value(
+        secrets, ROOT_CERT_OBJECT, pem, content_type=PEM_CONTENT_TYPE,
+        tags=TAGS | {KEY_VERSION_TAG: key_version},
+    )  # fmt: skip
+    return ref.written
+
+
 def switch_root(store: PkiStore, state: RootRotationState) -> list[str]:
     """Phase 2's switch: the new root becomes the mesh root; what was changed.
 
@@ -168,11 +177,7 @@ def switch_root(store: PkiStore, state: RootRotationState) -> list[str]:
             keys.update_key_properties(ROOT_KEY, state.new_version, tags=tags)
             done.append(f"key {ROOT_KEY} version {state.new_version}: no longer 'next'")
     with vault_clients(root_vault) as (secrets, certs):
-        ref = ensure_secret_value(
-            secrets, ROOT_CERT_OBJECT, state.new_pem, content_type=PEM_CONTENT_TYPE,
-            tags=TAGS | {KEY_VERSION_TAG: state.new_version},
-        )  # fmt: skip
-        if ref.written:
+        if _publish_root_certificate(secrets, state.new_pem, state.new_version):
             done.append(f"secret {ROOT_CERT_OBJECT}: the new root")
         superseded = TAGS | {"superseded-by": state.new_version}
         if state.old_kind == "exportable":
@@ -232,11 +237,7 @@ def restore_old_root(store: PkiStore, state: RootRotationState) -> list[str]:
             if old.properties.enabled is False:
                 keys.update_key_properties(ROOT_KEY, state.old_version, enabled=True, tags=TAGS)
                 done.append(f"key {ROOT_KEY} version {state.old_version}: enabled")
-            ref = ensure_secret_value(
-                secrets, ROOT_CERT_OBJECT, state.old_pem, content_type=PEM_CONTENT_TYPE,
-                tags=TAGS | {KEY_VERSION_TAG: state.old_version},
-            )  # fmt: skip
-            if ref.written:
+            if _publish_root_certificate(secrets, state.old_pem, state.old_version):
                 done.append(f"secret {ROOT_CERT_OBJECT}: the old root again")
     return done
 
