@@ -290,7 +290,9 @@ def test_a_run_killed_in_each_phase_is_resumed_there_by_the_next_and_makes_one_r
     rotation = None
     try:
         for phase, pattern, method in holds:
-            azure_emulator.add_fault(pattern, method=method, status=None, delay_ms=120_000,
+            # Held, then refused (503) rather than served: a request of a killed run must not
+            # land minutes later, over what the next runs and tests wrote.
+            azure_emulator.add_fault(pattern, method=method, status=503, delay_ms=120_000,
                                      times=1000)  # fmt: skip
             child = _rotate_in_child(spec_file, prefect_server)
             deadline = time.monotonic() + 150  # includes the lapse of a killed run's lease
