@@ -203,7 +203,9 @@ def restart_reason(
     that root into ``istio-ca-root-cert`` (``served_root``). One that serves another root
     started without it. A stale mount is a reason only when the spec says so.
     """
-    if not root_pem.strip() or root_pem.strip() not in served_root:
+    end = "-----END CERTIFICATE-----"
+    roots = [b.strip() + "\n" + end for b in root_pem.split(end) if "BEGIN CERTIFICATE" in b]
+    if not any(root.strip() in served_root for root in roots):  # a bundle while a root rotates
         return "istiod did not start with the plug-in CA (it serves another root)"
     if mounts_stale and restart_on_timeout:
         return "its mounts did not show the new versions in time"

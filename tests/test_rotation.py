@@ -74,6 +74,18 @@ def test_istiod_is_restarted_only_where_it_cannot_reload_by_itself(
         )
         == reason
     )
+    # During a root rotation the mesh trusts a bundle: istiod serving either root started
+    # with the plug-in CA.
+    bundle = ROOT + "-----BEGIN CERTIFICATE-----\nMIInew\n-----END CERTIFICATE-----\n"
+    assert (
+        restart_reason(
+            served_root=served,
+            root_pem=bundle,
+            mounts_stale=stale,
+            restart_on_timeout=on_timeout,
+        )
+        == reason
+    )
 
 
 def _report(*rows: CertificateRotation, **extra: object) -> RotationReport:
