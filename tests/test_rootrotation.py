@@ -55,3 +55,13 @@ def test_a_phase_advances_only_once_complete_and_an_abort_only_before_phase_3() 
     assert finished.status == "done"
     assert finished.history == ("phase 1 complete", "phase 2 approved", "phase 2 complete",
                                 "phase 3 approved", "phase 3 complete")  # fmt: skip
+
+
+def test_an_abort_once_phase_3_started_is_refused_before_any_vault_call() -> None:
+    from meshflow.errors import InvalidError
+    from meshflow.spec import PkiStore
+    from tasks.root_rotation import restore_old_root
+
+    late = _state(phase=3, completed=2)
+    with pytest.raises(InvalidError, match="finish the rotation instead"):
+        restore_old_root(PkiStore(key_vault_block="never-read"), late)
