@@ -38,6 +38,7 @@ from meshflow.rotation import (
     MountCheck,
     RotationPolicy,
     RotationReport,
+    mount_ids,
     outcome_event,
     rotation_events,
 )
@@ -130,7 +131,7 @@ async def _cluster(
 ) -> tuple[list[CertificateRotation], MountCheck, IstiodRestart]:
     """One cluster: its intermediate, istiod's mounts, and a restart where needed."""
     rows = await rotate_intermediate_ca(spec.pki_store, c, policy)
-    expected = _expected(rows)
+    expected = mount_ids(rows)
     wait = 0.0 if policy.dry_run else spec.rotation.mount_wait_seconds
     mounts = await wait_for_mounts(c, ISTIO_NAMESPACE, expected, wait)
     restart = await restart_istiod_where_needed(
@@ -139,21 +140,6 @@ async def _cluster(
         run_id=str(flow_run.id or "local"), dry_run=policy.dry_run,
     )  # fmt: skip
     return rows, mounts, restart
-
-
-def _expected(rows: list[CertificateRotation]) -> dict[str, str]:
-    """The CSI provider's object ids (``<type>/<name>``) and the versions the pods should hold."""
-    expected: dict[str, str] = {}
-    for row in rows:
-        version = row.new_version or row.old_version
-        if version is None:
-            continue
-        if row.object.endswith("-cert-chain"):
-            expected[f"secret/{row.object}"] = version
-        else:  # a certificate mounted as its key (secret) and as its certificate (cert)
-            expected[f"secret/{row.object}"] = version
-            expected[f"cert/{row.object}"] = version
-    return expected
 
 
 async def _ingress(
@@ -166,7 +152,7 @@ async def _ingress(
         return exc, []
     wait = 0.0 if policy.dry_run else spec.rotation.mount_wait_seconds
     mounts = await asyncio.gather(
-        *(wait_for_mounts(c, INGRESS_NAMESPACE, _expected([row]), wait)
+        *(wait_for_mounts(c, INGRESS_NAMESPACE, mount_ids([row]), wait)
           for c in spec.ingress_clusters)
     )  # fmt: skip
     return row, list(mounts)

@@ -33,7 +33,13 @@ from flows.runs import FLOW_OPTIONS, arm_vault, claim_run, mesh_lock, raise_firs
 from meshflow.errors import InvalidError
 from meshflow.manifests import ISTIO_NAMESPACE, ROOT_CERT_SECRET
 from meshflow.rootrotation import PHASE_TITLES, RootRotationState, phase_trust
-from meshflow.rotation import CertificateRotation, EventSpec, MountCheck, RotationPolicy
+from meshflow.rotation import (
+    CertificateRotation,
+    EventSpec,
+    MountCheck,
+    RotationPolicy,
+    mount_ids,
+)
 from meshflow.spec import ClusterSpec, MeshSpec
 from tasks.aks import describe_aks_cluster
 from tasks.appgateway import ensure_app_gateway
@@ -234,12 +240,8 @@ async def _mounts(
     """Wait until istiod's mounts in every cluster show ``expected`` and its new intermediate."""
 
     def of(c: ClusterSpec) -> dict[str, str]:
-        mine = dict(expected)
-        for row in rows:
-            if row.cluster == c.name and row.new_version:
-                kinds = ("secret",) if row.object.endswith("-cert-chain") else ("secret", "cert")
-                mine |= {f"{kind}/{row.object}": row.new_version for kind in kinds}
-        return mine
+        mine = [r for r in rows if r.cluster == c.name and r.new_version]
+        return expected | mount_ids(mine)
 
     wait = spec.rotation.mount_wait_seconds
     return list(

@@ -82,7 +82,8 @@ class RootRotationState(BaseModel):
         return self.model_copy(update={"status": status, "history": (*self.history, note)})
 
 
-def _pem_blocks(text: str) -> list[str]:
+def pem_blocks(text: str) -> list[str]:
+    """The ``CERTIFICATE`` PEM blocks of ``text``, each as its own text, in order."""
     end = "-----END CERTIFICATE-----"
     return [part.strip() + "\n" + end for part in text.split(end) if "BEGIN CERTIFICATE" in part]
 
@@ -95,7 +96,7 @@ def both_roots(old_bundle: str, new_pem: str) -> str:
     is returned as is.
     """
     new_block = new_pem.strip()
-    if new_block in (b.strip() for b in _pem_blocks(old_bundle)):
+    if new_block in (b.strip() for b in pem_blocks(old_bundle)):
         return old_bundle
     prefix = old_bundle if old_bundle.endswith("\n") else old_bundle + "\n"
     return prefix + new_block + "\n"
@@ -103,7 +104,7 @@ def both_roots(old_bundle: str, new_pem: str) -> str:
 
 def bundle_holds(bundle: str, pem: str) -> bool:
     """Whether PEM text ``bundle`` contains the certificate ``pem`` (compared block by block)."""
-    return pem.strip() in (b.strip() for b in _pem_blocks(bundle))
+    return pem.strip() in (b.strip() for b in pem_blocks(bundle))
 
 
 def phase_trust(state: RootRotationState) -> str:

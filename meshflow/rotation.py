@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meshflow.rootrotation import pem_blocks
+
 Action = Literal["kept", "reissued", "rolled", "would reissue", "would roll", "due", "failed"]
 """What a rotation run did with a certificate (``would ...``: a dry run's plan)."""
 MountStatus = Literal["current", "stale", "not run: no pods"]
@@ -194,6 +196,22 @@ def stale_mounts(statuses: Iterable[Mapping[str, Any]], expected: Mapping[str, s
     return stale
 
 
+def mount_ids(rows: Iterable[CertificateRotation]) -> dict[str, str]:
+    """The CSI provider's object ids (``<type>/<name>``) of ``rows`` and the versions to hold.
+
+    A chain is mounted as a secret; a certificate as its key (``secret``) and as its
+    certificate (``cert``). A row's version is its new one, else the one it kept.
+    """
+    ids: dict[str, str] = {}
+    for row in rows:
+        version = row.new_version or row.old_version
+        if version is None:
+            continue
+        kinds = ("secret",) if row.object.endswith("-cert-chain") else ("secret", "cert")
+        ids |= {f"{kind}/{row.object}": version for kind in kinds}
+    return ids
+
+
 def restart_reason(
     *, served_root: str, root_pem: str, mounts_stale: bool, restart_on_timeout: bool
 ) -> str | None:
@@ -203,9 +221,9 @@ def restart_reason(
     that root into ``istio-ca-root-cert`` (``served_root``). One that serves another root
     started without it. A stale mount is a reason only when the spec says so.
     """
-    end = "-----END CERTIFICATE-----"
-    roots = [b.strip() + "\n" + end for b in root_pem.split(end) if "BEGIN CERTIFICATE" in b]
-    if not any(root.strip() in served_root for root in roots):  # a bundle while a root rotates
+    if not any(
+        root.strip() in served_root for root in pem_blocks(root_pem)
+    ):  # a bundle while a root rotates
         return "istiod did not start with the plug-in CA (it serves another root)"
     if mounts_stale and restart_on_timeout:
         return "its mounts did not show the new versions in time"

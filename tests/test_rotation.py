@@ -177,3 +177,15 @@ def test_the_gateways_frontend_reference_is_read_by_name() -> None:
     ]}}  # fmt: skip
     assert frontend_secret_id(gateway) == "https://kv/secrets/frontend-certificate"
     assert frontend_secret_id({"properties": {}}) is None
+
+
+def test_the_mount_ids_are_the_providers_type_and_name_at_the_current_version() -> None:
+    from meshflow.rotation import mount_ids
+
+    rows = [_row("reissued"), _row("kept", "alpha-cert-chain"), _row("failed", "bravo-ca-cert")]
+    rows[2] = rows[2].model_copy(update={"old_version": None})
+    assert mount_ids(rows) == {
+        "secret/alpha-ca-cert": "v2",
+        "cert/alpha-ca-cert": "v2",
+        "secret/alpha-cert-chain": "v1",  # kept: the version it has
+    }
