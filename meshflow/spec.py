@@ -119,6 +119,31 @@ class RotationSettings(_Frozen):
     )
 
 
+ProvisionMode = Literal["adopt", "plan", "apply"]
+"""How a run treats the infrastructure: ``adopt`` reads the Terraform outputs only (existing
+meshes), ``plan`` stops after publishing the plan, ``apply`` applies a plan that has changes."""
+
+
+class TerraformSettings(_Frozen):
+    """The Terraform root module that provisions the mesh's infrastructure (seed step 00)."""
+
+    module: str = Field(
+        default="infra/azure",
+        description="The root module's directory, relative to the repository (infra/azure; the "
+        "sandbox uses infra/sandbox).",
+    )
+    var_file: str | None = Field(
+        default=None,
+        description="A .tfvars file relative to the repository, e.g. "
+        "deployments/environments/dev.tfvars.",
+    )
+    backend_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="`-backend-config` key/value pairs of the remote state (no secrets: those "
+        "come from the credentials block through the environment).",
+    )
+
+
 class PkiStore(_Frozen):
     """Where the mesh PKI lives and how it is made: what every PKI task takes."""
 
@@ -165,6 +190,14 @@ class MeshSpec(_Frozen):
         default=None,
         description="Prefect Secret block with a base64 PFX for the App Gateway listener; "
         "empty: a self-signed certificate from Key Vault's default policy.",
+    )
+    provision: ProvisionMode = Field(
+        default="adopt",
+        description="adopt: read the Terraform outputs only; plan: stop after the plan; apply: "
+        "apply the plan when it has changes.",
+    )
+    terraform: TerraformSettings | None = Field(
+        default=None, description="The Terraform module of the infrastructure; none: adopt blocks."
     )
     pki: PkiSettings = Field(default_factory=PkiSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
