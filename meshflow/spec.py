@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -42,21 +42,58 @@ BlockName = Annotated[
 ]
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+ISTIO_VERSIONS: tuple[str, ...] = tuple(sorted(KNOWN_RELEASES, key=_version_key))
+"""The Istio releases a mesh can run, oldest first: the run form's choices for the version."""
+
+
+def _number_properties(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Give each property of ``model``'s JSON schema its place, so forms keep the field order.
+
+    The Prefect UI sorts a form's fields by ``position``; without it a database that stores
+    JSON with sorted keys (PostgreSQL's JSONB) would shuffle them.
+    """
+    for position, prop in enumerate(schema.get("properties", {}).values()):
+        prop["position"] = position
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_number_properties)
 
 
 class PkiSettings(_Frozen):
     """Validity, key sizes and rotation threshold of the mesh CA (Istio's defaults)."""
 
-    root_days: int = Field(default=3650, ge=30, le=7300, description="Root CA validity.")
-    intermediate_days: int = Field(default=730, ge=7, le=3650, description="Intermediate validity.")
-    leaf_days: int = Field(default=365, ge=1, le=825, description="Ingress leaf validity.")
-    ca_key_size: Literal[2048, 3072, 4096] = Field(default=4096, description="RSA bits for CAs.")
-    leaf_key_size: Literal[2048, 3072, 4096] = Field(default=2048, description="RSA bits, leaf.")
+    model_config = ConfigDict(title="PKI settings")
+
+    root_days: int = Field(
+        default=3650, ge=30, le=7300, title="Root CA validity (days)",
+        description="How long the mesh root CA is valid when it is made.",
+    )  # fmt: skip
+    intermediate_days: int = Field(
+        default=730, ge=7, le=3650, title="Intermediate CA validity (days)",
+        description="How long each cluster's intermediate CA (istiod's signing CA) is valid.",
+    )  # fmt: skip
+    leaf_days: int = Field(
+        default=365, ge=1, le=825, title="Ingress certificate validity (days)",
+        description="How long the ingress gateway's certificate is valid.",
+    )  # fmt: skip
+    ca_key_size: Literal[2048, 3072, 4096] = Field(
+        default=4096, title="CA key size (bits)",
+        description="RSA key size of the root and intermediate CAs.",
+    )  # fmt: skip
+    leaf_key_size: Literal[2048, 3072, 4096] = Field(
+        default=2048, title="Ingress key size (bits)",
+        description="RSA key size of the ingress gateway's certificate.",
+    )  # fmt: skip
     rotation_threshold_days: int = Field(
-        default=30, ge=1, description="Reissue an intermediate or leaf with this many days left."
-    )
+        default=30, ge=1, title="Rotation threshold (days)",
+        description="Reissue an intermediate or the ingress certificate with this many days left; "
+        "shorter than the intermediate validity.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -71,17 +108,23 @@ class PkiSettings(_Frozen):
 class IngressSettings(_Frozen):
     """How the ingress clusters are exposed through their App Gateway (steps 12-22)."""
 
+    model_config = ConfigDict(title="Ingress settings")
+
     host_pattern: str = Field(
-        default="{ip}.nip.io",
+        default="{ip}.nip.io", title="Public host name",
         description="Public host name; {ip} is the App Gateway's public IP. nip.io for trying, a "
         "name of your DNS zone in production.",
-    )
-    https: bool = Field(default=True, description="Go on to HTTPS end to end (steps 16-22).")
+    )  # fmt: skip
+    https: bool = Field(
+        default=True, title="HTTPS end to end",
+        description="Go on to HTTPS end to end after HTTP works (steps 16-22).",
+    )  # fmt: skip
     probe_seconds: float = Field(
-        default=60.0, ge=1, le=600, description="How long a probe retries before it fails."
-    )
+        default=60.0, ge=1, le=600, title="Probe timeout (seconds)",
+        description="How long an HTTP(S) probe through the App Gateway retries before it fails.",
+    )  # fmt: skip
     agic_seconds: float = Field(
-        default=300.0, ge=0, le=3600,
+        default=300.0, ge=0, le=3600, title="AGIC wait (seconds)",
         description="How long to wait for AGIC to write the App Gateway from the Ingress.",
     )  # fmt: skip
 
@@ -108,15 +151,17 @@ class IngressSettings(_Frozen):
 class RotationSettings(_Frozen):
     """How a rotation run makes new certificate versions reach the clusters."""
 
+    model_config = ConfigDict(title="Rotation settings")
+
     mount_wait_seconds: float = Field(
-        default=150.0, ge=0, le=3600,
+        default=150.0, ge=0, le=3600, title="CSI mount wait (seconds)",
         description="How long to wait for the pods' CSI mounts to show the new Key Vault "
         "versions (the driver polls every 2 minutes by default).",
     )  # fmt: skip
     restart_istiod_on_timeout: bool = Field(
-        default=False,
+        default=False, title="Restart istiod on timeout",
         description="Restart istiod where its mounts did not show the new versions in time.",
-    )
+    )  # fmt: skip
 
 
 ProvisionMode = Literal["adopt", "plan", "apply"]
@@ -127,21 +172,23 @@ meshes), ``plan`` stops after publishing the plan, ``apply`` applies a plan that
 class TerraformSettings(_Frozen):
     """The Terraform root module that provisions the mesh's infrastructure (seed step 00)."""
 
+    model_config = ConfigDict(title="Terraform settings")
+
     module: str = Field(
-        default="infra/azure",
+        default="infra/azure", title="Root module",
         description="The root module's directory, relative to the repository (infra/azure; the "
         "sandbox uses infra/sandbox).",
-    )
+    )  # fmt: skip
     var_file: str | None = Field(
-        default=None,
+        default=None, title="Variables file",
         description="A .tfvars file relative to the repository, e.g. "
         "deployments/environments/dev.tfvars.",
-    )
+    )  # fmt: skip
     backend_config: dict[str, str] = Field(
-        default_factory=dict,
+        default_factory=dict, title="Backend configuration",
         description="`-backend-config` key/value pairs of the remote state (no secrets: those "
         "come from the credentials block through the environment).",
-    )
+    )  # fmt: skip
 
 
 class PkiStore(_Frozen):
@@ -160,49 +207,103 @@ class PkiStore(_Frozen):
 class ClusterSpec(_Frozen):
     """One cluster of the mesh."""
 
+    model_config = ConfigDict(title="Cluster")
+
     name: DnsLabel = Field(
-        description="Istio clusterName: unique in the mesh, the key of its remote secret."
+        title="Cluster name",
+        description="Istio clusterName: unique in the mesh, the key of its remote secret.",
     )
-    aks_block: BlockName = Field(description="The Meshflow AKS Cluster block for this cluster.")
+    aks_block: BlockName = Field(
+        title="AKS cluster block",
+        description="The saved Meshflow AKS Cluster block that reaches this cluster.",
+    )
     sample_workload: bool = Field(
-        default=False, description="Run the echoserver Deployment here (step 10)."
-    )
-    ingress: bool = Field(default=False, description="Expose the ingress gateway here (12-22).")
+        default=False, title="Sample workload",
+        description="Run the echoserver Deployment here (step 10); the ingress routes to it.",
+    )  # fmt: skip
+    ingress: bool = Field(
+        default=False, title="Ingress",
+        description="Expose the ingress gateway here through the cluster's App Gateway (12-22).",
+    )  # fmt: skip
 
 
 class MeshSpec(_Frozen):
-    """A multi-primary Istio mesh across AKS clusters, on one flat network."""
+    """A multi-primary Istio mesh across AKS clusters, on one flat network.
 
-    environment: DnsLabel = Field(description="dev, staging, prod or sandbox.")
-    mesh_id: DnsLabel = Field(default="mesh1", description="Istio meshID, same everywhere.")
-    network: DnsLabel = Field(default="network1", description="Istio network (peered VNets).")
-    istio_version: str = Field(default="1.27.3", description="Pinned Istio release, e.g. 1.27.3.")
+    The fields are in the order the runbook uses them, which is the run form's order:
+    environment and clusters, the Istio release, the mesh's identity, the saved blocks,
+    provisioning, then PKI, ingress and rotation settings.
+    """
+
+    model_config = ConfigDict(title="Mesh")
+
+    environment: DnsLabel = Field(
+        title="Environment",
+        description="dev, staging, prod or sandbox: names the work pool, artifacts and alerts.",
+    )
+    clusters: tuple[ClusterSpec, ...] = Field(
+        min_length=1, title="Clusters",
+        description="The AKS clusters of the mesh, each a primary with its own istiod; at least "
+        "one, names unique.",
+    )  # fmt: skip
+    istio_version: str = Field(
+        default="1.27.3", title="Istio version",
+        description="The Istio release installed on every cluster (a release meshflow knows).",
+        json_schema_extra={"enum": list(ISTIO_VERSIONS)},
+    )  # fmt: skip
     revision: DnsLabel | None = Field(
-        default=None, description="Istio revision; defaults to the version with '-' for '.'."
+        default=None, title="Istio revision",
+        description="The control plane's revision label; empty: the version with '-' for '.' "
+        "(1.27.3 gives 1-27-3).",
+    )  # fmt: skip
+    mesh_id: DnsLabel = Field(
+        default="mesh1", title="Mesh ID", description="Istio meshID, the same on every cluster."
     )
-    credentials_block: BlockName = Field(description="The Meshflow Azure Credentials block.")
-    key_vault_block: BlockName = Field(description="The Meshflow Key Vault block.")
+    network: DnsLabel = Field(
+        default="network1", title="Network",
+        description="Istio network: one flat network (peered VNets), the same on every cluster.",
+    )  # fmt: skip
+    credentials_block: BlockName = Field(
+        title="Azure credentials block",
+        description="The saved Meshflow Azure Credentials block the flows sign in with.",
+    )
+    key_vault_block: BlockName = Field(
+        title="Key Vault block",
+        description="The saved Meshflow Key Vault block of the mesh vault (intermediate CAs, "
+        "ingress certificates).",
+    )
     root_key_vault_block: BlockName | None = Field(
-        default=None,
+        default=None, title="Root CA Key Vault block",
         description="Vault for the root CA key if not the mesh vault (recommended for prod).",
-    )
+    )  # fmt: skip
     frontend_pfx_block: BlockName | None = Field(
-        default=None,
+        default=None, title="App Gateway listener PFX block",
         description="Prefect Secret block with a base64 PFX for the App Gateway listener; "
         "empty: a self-signed certificate from Key Vault's default policy.",
-    )
+    )  # fmt: skip
     provision: ProvisionMode = Field(
-        default="adopt",
+        default="adopt", title="Provisioning",
         description="adopt: read the Terraform outputs only; plan: stop after the plan; apply: "
         "apply the plan when it has changes.",
-    )
+    )  # fmt: skip
     terraform: TerraformSettings | None = Field(
-        default=None, description="The Terraform module of the infrastructure; none: adopt blocks."
-    )
-    pki: PkiSettings = Field(default_factory=PkiSettings)
-    ingress: IngressSettings = Field(default_factory=IngressSettings)
-    rotation: RotationSettings = Field(default_factory=RotationSettings)
-    clusters: tuple[ClusterSpec, ...] = Field(min_length=1, description="At least one cluster.")
+        default=None, title="Terraform module",
+        description="The Terraform module of the infrastructure; empty: adopt the blocks' "
+        "clusters and vault as they are.",
+    )  # fmt: skip
+    pki: PkiSettings = Field(
+        default_factory=PkiSettings, title="PKI",
+        description="Validity, key sizes and rotation threshold of the mesh CA.",
+    )  # fmt: skip
+    ingress: IngressSettings = Field(
+        default_factory=IngressSettings, title="Ingress",
+        description="How the ingress clusters are exposed through their App Gateway.",
+    )  # fmt: skip
+    rotation: RotationSettings = Field(
+        default_factory=RotationSettings, title="Certificate rotation",
+        description="How rotate-certificates and rotate-root make new certificate versions "
+        "reach the pods.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -216,7 +317,7 @@ class MeshSpec(_Frozen):
                 f"istio_version {self.istio_version!r} is not MAJOR.MINOR.PATCH (e.g. 1.27.3)"
             )
         if self.istio_version not in KNOWN_RELEASES:
-            known = ", ".join(sorted(KNOWN_RELEASES))
+            known = ", ".join(ISTIO_VERSIONS)
             raise ValueError(
                 f"istio_version {self.istio_version!r} is not a release meshflow knows "
                 f"(known: {known})"

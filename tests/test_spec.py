@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from meshflow.errors import InvalidError
-from meshflow.spec import MeshSpec
+from meshflow.spec import ISTIO_VERSIONS, MeshSpec
 
 
 def _spec(**overrides: Any) -> dict[str, Any]:
@@ -132,3 +132,15 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Any) -> None:
         MeshSpec.from_yaml(path)
     with pytest.raises(InvalidError, match="cannot be read"):
         MeshSpec.from_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("version", ISTIO_VERSIONS)
+def test_every_version_the_form_offers_is_accepted(version: str) -> None:
+    assert MeshSpec.model_validate(_spec(istio_version=version)).istio_version == version
+
+
+def test_the_yaml_lists_the_fields_in_the_forms_order() -> None:
+    spec = MeshSpec.model_validate(_spec())
+    keys = list(yaml.safe_load(spec.to_yaml()))
+    assert keys[:3] == ["environment", "clusters", "istio_version"]
+    assert keys == [name for name in MeshSpec.model_fields if name in keys]
