@@ -66,6 +66,7 @@ __all__ = [
     "call_echoserver_across",
     "check_istiod_sync",
     "check_remote_secrets",
+    "count_cluster_nodes",
     "delete_reader_token",
     "ensure_reader_token",
     "exchange_reader_token",
@@ -384,6 +385,11 @@ def count_nodes(aks_block: str) -> int:
     """How many nodes the cluster has (0 in the sandbox: no kubelet)."""
     reply = request_json(api_client(aks_block), "GET", "/api/v1/nodes") or {}
     return len(reply.get("items", []))
+
+
+def node_count(cluster: ClusterSpec) -> int:
+    """How many nodes ``cluster`` has: whether any pod (istiod, a probe) can run there. A read."""
+    return count_nodes(cluster.aks_block)
 
 
 def call_across(cluster: ClusterSpec, timeout: float = 120.0) -> DataPlaneCheck:
@@ -815,6 +821,9 @@ check_remote_secrets = blocking_task(
 check_istiod_sync = blocking_task(
     "check-istiod-sync", task_run_name="check-istiod-sync-{cluster.name}"
 )(istiod_sync)
+count_cluster_nodes = blocking_task("count-nodes", task_run_name="count-nodes-{cluster.name}")(
+    node_count
+)
 call_echoserver_across = blocking_task(
     "call-echoserver-across", task_run_name="call-echoserver-across-from-{cluster.name}"
 )(call_across)

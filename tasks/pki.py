@@ -71,6 +71,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks import KeyVault, load_block
 from meshflow import pki
 from meshflow.errors import ConflictError, InvalidError, NotFoundError
+from meshflow.health import CertificateHealth, certificate_health
 from meshflow.manifests import (
     INGRESS_CERTIFICATE,
     ROOT_CERT_SECRET,
@@ -1043,6 +1044,44 @@ def frontend_renewal(store: PkiStore) -> FrontendCheck:
     )  # fmt: skip
 
 
+# -- Health: how long the mesh's certificates have left, read only -------------------------------
+
+
+def certificate_expiry(store: PkiStore, clusters: Sequence[ClusterSpec]) -> list[CertificateHealth]:
+    """Days left on the mesh root, each cluster's intermediate and the ingress leaf. A read.
+
+    Each is flagged when within ``store.settings.rotation_threshold_days`` of expiry (the
+    rotation's own test), failed when expired or missing (:func:`meshflow.health.
+    certificate_health`); an intermediate or leaf not signed by the current root is a warning.
+    Writes nothing. Needs certificate get and secret get on the mesh vault (and on the root
+    vault).
+    """
+    vault, now = _mesh_vault(store), _now()
+    threshold = store.settings.rotation_threshold_days
+    root = current_root(store)
+    rows = [
+        certificate_health(
+            root.name if root else ROOT_KEY, "mesh", root=True, now=now, threshold_days=threshold,
+            not_after=root.cert.not_valid_after_utc if root else None,
+            version=root.version if root else None,
+        )
+    ]  # fmt: skip
+    wanted = [(ca_certificate_name(c.name), c.name) for c in clusters]
+    with vault_clients(vault) as (_, certs):
+        found = [(name, owner, get_certificate(certs, name)) for name, owner in wanted]
+        found.append((INGRESS_CERT, "mesh", get_certificate(certs, INGRESS_CERT)))
+    for name, owner, stored in found:
+        ref = cert_ref(stored, written=False) if stored is not None else None
+        signed = stored is None or root is None or pki.signed_by(public_cert(stored), root.cert)
+        rows.append(
+            certificate_health(
+                name, owner, now=now, threshold_days=threshold, signed_by_root=signed,
+                not_after=ref.not_after if ref else None, version=ref.version if ref else None,
+            )
+        )  # fmt: skip
+    return rows
+
+
 # -- Plan: what the PKI steps would write, read only ---------------------------------------------
 
 
@@ -1120,3 +1159,4 @@ rotate_intermediate_ca = blocking_task(
 rotate_ingress_certificate = blocking_task("rotate-ingress-certificate")(rotate_ingress_leaf)
 check_frontend_renewal = blocking_task("check-frontend-renewal")(frontend_renewal)
 plan_pki = blocking_task("plan-pki")(plan)
+read_certificate_expiry = blocking_task("read-certificate-expiry")(certificate_expiry)
