@@ -18,3 +18,10 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   echo "bootstrap: installing PostgreSQL (Debian package)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
+# Chromium for the browser test of the Prefect UI (tests/test_ui_browser.py, tests/browser.py).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "bootstrap: installing Chromium (Debian package)" >&2
+  # a clean image may have no package lists yet: fetch them once if the first try fails
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+fi
