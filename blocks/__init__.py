@@ -63,9 +63,9 @@ def missing_block(block_type: type[Block], name: str) -> NotFoundError:
     kind = block_type.get_block_type_name()
     api = PREFECT_API_URL.value() or "the ephemeral Prefect API (PREFECT_API_URL is not set)"
     return NotFoundError(
-        f"Prefect block {name!r} of type {kind!r} does not exist on {api}; "
-        f"create it in the Prefect UI (Blocks, +, {kind}), or for the sandbox run "
-        "`meshflow sandbox up`",
+        f"Prefect block {name!r} of type {kind!r} does not exist on {api}; save the "
+        "environment's blocks with `meshflow env init <environment>`, create it in the Prefect "
+        f"UI (Blocks, +, {kind}), or for the sandbox run `meshflow sandbox up`",
         system="Prefect", target=str(api), object=name,
     )  # fmt: skip
 

@@ -36,6 +36,8 @@ sandbox_app = typer.Typer(help="The local sandbox: real control planes + Azure e
 app.add_typer(sandbox_app, name="sandbox")
 pki_app = typer.Typer(help="The mesh CA in Key Vault.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+env_app = typer.Typer(help="An environment's Prefect blocks.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
 alerts_app = typer.Typer(help="Notifications on the rotation's events.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 
@@ -403,6 +405,89 @@ def rotate_root_command(
         typer.echo(f"  {step}")
     if report.status == "aborted":
         raise _fail("the rotation was aborted; the mesh trusts and issues from the old root")
+
+
+PoolTypeOption = Annotated[
+    str,
+    typer.Option(
+        "--pool-type",
+        help="The work pool's type if it is created: process (workers on hosts) or kubernetes "
+        "(each run a Job; needs prefect-kubernetes on the workers).",
+    ),
+]
+
+
+@app.command("deploy")
+def deploy(env: EnvOption = "sandbox", pool_type: PoolTypeOption = "process") -> None:
+    """Create the environment's work pool if missing and register its deployments (no prompts)."""
+    from deployments.deploy import deploy_environment
+
+    if pool_type not in ("process", "kubernetes"):
+        raise _fail(f"--pool-type {pool_type!r}: use process or kubernetes")
+    with _environment(env) as (spec, api_url):
+        result = asyncio.run(
+            deploy_environment(env, spec, pool_type=pool_type, job_env=_job_env(env))  # type: ignore[arg-type]
+        )
+    typer.echo(f"work pool {result.pool}: {result.pool_action}")
+    for d in result.deployments:
+        typer.echo(f"  {d.name:<50} {d.action}")
+    typer.echo(f"  UI: {api_url.removesuffix('/api')}/deployments")
+    typer.echo(f"start a worker: PREFECT_API_URL={api_url} {result.worker_command}")
+
+
+def _job_env(env: str) -> dict[str, str]:
+    """What every deployment run of ``env`` gets in its environment on the worker."""
+    job = dict(_QUIET)
+    if env == "sandbox":
+        from sandbox import ISTIOCTL_STANDIN
+        from sandbox.stack import Sandbox
+
+        job["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(Sandbox().root / "results")
+        job["MESHFLOW_ISTIOCTL"] = str(ISTIOCTL_STANDIN)
+    return job
+
+
+@env_app.command("init")
+def env_init(
+    env: Annotated[str, typer.Argument(help="The environment: dev, staging, prod, ...")],
+    blocks_file: Annotated[
+        Path | None,
+        typer.Option("--file", help="The blocks file (default deployments/blocks/<env>.yaml)."),
+    ] = None,
+) -> None:
+    """Save the environment's Prefect blocks (credentials, Key Vault, AKS clusters); idempotent.
+
+    Coordinates come from the blocks file, secrets only from the environment
+    (AZURE_CLIENT_SECRET, MESHFLOW_FRONTEND_PFX) or a hidden prompt, never the command line.
+    """
+    import sys
+
+    from deployments import environment as envblocks
+
+    if env == "sandbox":
+        raise _fail("the sandbox saves its own blocks: `meshflow sandbox up`")
+    path = blocks_file or envblocks.blocks_file(env)
+    with _environment(env) as (spec, api_url):
+        found = envblocks.load_blocks_file(path)
+        if problems := envblocks.problems_with(spec, found, path):
+            raise _fail("\n".join(problems))
+        secrets = {k: os.environ[k] for k in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID")
+                   if os.environ.get(k)}  # fmt: skip
+        for name in envblocks.needed_secrets(spec, found):
+            value = os.environ.get(name, "")
+            if not value and sys.stdin.isatty():
+                value = typer.prompt(f"{name} (hidden)", hide_input=True)
+            if not value:
+                raise _fail(
+                    f"{name} is not set: export it (or run in a terminal to be asked for it); "
+                    "secrets are never taken from the command line or the blocks file"
+                )
+            secrets[name] = value
+        blocks = envblocks.build_blocks(spec, found, secrets)
+        saved = envblocks.save_blocks(blocks)
+    typer.echo(f"blocks of {env} on {api_url or 'the active Prefect profile'}:")
+    for name, kind, action in saved:
+        typer.echo(f"  {kind:<28} {name:<32} {action}")
 
 
 def _use_sandbox_istioctl(env: str) -> None:

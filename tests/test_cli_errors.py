@@ -122,8 +122,9 @@ def test_missing_or_mistyped_blocks_are_named_before_any_write_on_a_fresh_vault(
     )
     assert errors == [
         f"Prefect block 'e2e-no-such-cluster' of type 'Meshflow AKS Cluster' does not exist on "
-        f"{prefect_server.api_url}; create it in the Prefect UI (Blocks, +, Meshflow AKS "
-        "Cluster), or for the sandbox run `meshflow sandbox up`",
+        f"{prefect_server.api_url}; save the environment's blocks with `meshflow env init "
+        "<environment>`, create it in the Prefect UI (Blocks, +, Meshflow AKS Cluster), or for "
+        "the sandbox run `meshflow sandbox up`",
         f"Prefect block {fresh_vault.key_vault_block!r} is a 'Meshflow Azure Credentials' and a "
         "'Meshflow Key Vault' block, not a 'Meshflow AKS Cluster'; point the mesh description "
         "at a 'Meshflow AKS Cluster' block, or save one under that name",
