@@ -33,12 +33,12 @@ _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 DnsLabel = Annotated[
     str,
     StringConstraints(max_length=63, pattern=_DNS1123_LABEL),
-    Field(description="A DNS-1123 label: lower-case letters, digits and '-'."),
+    Field(title="DNS label", description="A DNS-1123 label: lower-case letters, digits and '-'."),
 ]
 BlockName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=120, pattern=r"^[a-z0-9][-a-z0-9]*$"),
-    Field(description="The name of a saved Prefect block document."),
+    Field(title="Block name", description="The name of a saved Prefect block document."),
 ]
 
 
@@ -179,7 +179,7 @@ class TerraformSettings(_Frozen):
         description="The root module's directory, relative to the repository (infra/azure; the "
         "sandbox uses infra/sandbox).",
     )  # fmt: skip
-    var_file: str | None = Field(
+    var_file: Annotated[str, Field(title="Path")] | None = Field(
         default=None, title="Variables file",
         description="A .tfvars file relative to the repository, e.g. "
         "deployments/environments/dev.tfvars.",
@@ -228,13 +228,11 @@ class ClusterSpec(_Frozen):
 
 
 class MeshSpec(_Frozen):
-    """A multi-primary Istio mesh across AKS clusters, on one flat network.
+    """A multi-primary Istio mesh across AKS clusters, on one flat network."""
 
-    The fields are in the order the runbook uses them, which is the run form's order:
-    environment and clusters, the Istio release, the mesh's identity, the saved blocks,
-    provisioning, then PKI, ingress and rotation settings.
-    """
-
+    # The docstring and every title and description show in the Prefect UI's run form, whose
+    # fields come in this order, the runbook's: environment and clusters, the Istio release,
+    # the mesh's identity, the saved blocks, provisioning, then PKI, ingress and rotation.
     model_config = ConfigDict(title="Mesh")
 
     environment: DnsLabel = Field(
