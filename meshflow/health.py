@@ -6,9 +6,8 @@ credentials, each remote secret, istiod's sync) and every certificate of the mes
 console summary and, when anything failed, the run's failure message (:attr:`MeshHealth.problems`).
 
 A status is one of: ``passed``; ``warning`` (worth a look, not a failure: a certificate within
-the rotation threshold, a check that could not be made because another one failed); ``not
-run`` (the check needs what is not there, e.g. pods on a cluster without nodes; never a pass);
-``failed``.
+the rotation threshold); ``not run`` (the check needs what is not there: pods on a cluster
+without nodes, a cluster whose credentials check failed; never a pass); ``failed``.
 """
 
 from __future__ import annotations
@@ -203,11 +202,14 @@ def remote_secret_name_of(source: str) -> str:
     return f"remote secret of {source}"
 
 
-def unchecked_remote_secret(*, source: str, target: str, blocked_by: str) -> HealthCheck:
-    """A remote secret not checked because ``blocked_by``'s credentials check failed."""
+def blocked(cluster: str, check: str, *, by: str) -> HealthCheck:
+    """A check not run on ``cluster`` because the credentials check of ``by`` failed.
+
+    Not a failure of its own: that credentials check is the run's problem.
+    """
     return HealthCheck(
-        cluster=target, check=remote_secret_name_of(source), status="warning",
-        detail=f"not checked: the credentials check of {blocked_by} failed",
+        cluster=cluster, check=check, status="not run",
+        detail=f"the credentials check of {by} failed",
     )  # fmt: skip
 
 

@@ -12,13 +12,13 @@ from meshflow.health import (
     HealthCheck,
     MeshHealth,
     artifact_key,
+    blocked,
     certificate_health,
     credentials_check,
     failed,
     istiod_check,
     reason_of,
     remote_secret_check,
-    unchecked_remote_secret,
 )
 
 NOW = dt.datetime(2027, 1, 1, 12, tzinfo=dt.UTC)
@@ -99,8 +99,9 @@ def test_remote_secret_rows_name_the_pair_and_what_to_do() -> None:
     )  # fmt: skip
     assert short.status == "failed"
     assert "lacks watch core/pods" in short.detail
-    skipped = unchecked_remote_secret(source="alpha", target="bravo", blocked_by="bravo")
-    assert (skipped.status, skipped.check) == ("warning", "remote secret of alpha")
+    skipped = blocked("bravo", "remote secret of alpha", by="bravo")
+    assert (skipped.status, skipped.check) == ("not run", "remote secret of alpha")
+    assert skipped.line() == "bravo: remote secret of alpha: the credentials check of bravo failed"
 
 
 @pytest.mark.parametrize(
