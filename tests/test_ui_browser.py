@@ -23,7 +23,14 @@ from sandbox import processes
 from sandbox.prefect_server import PrefectServer
 from tests.browser import SCREENSHOTS, BrowserError, Page, chromium, chromium_binary
 
-pytestmark = pytest.mark.e2e
+NO_CHROMIUM = "chromium is not installed (scripts/bootstrap.sh installs it with apt-get)"
+IN_CI = os.environ.get("CI") == "true"
+
+# Skipped before any session fixture starts a server; in CI the tests run, and fail.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(chromium_binary() is None and not IN_CI, reason=NO_CHROMIUM),
+]
 
 UI_VERSIONS = ("v1", "v2")
 
@@ -40,10 +47,9 @@ GENERATED_LABELS = ("Mesh Id", "Ca Key Size", "Pki (Optional)", "Istio Version",
 def require_chromium() -> None:
     """Skip the calling test without ``chromium``; fail it instead under ``CI=true``."""
     if chromium_binary() is None:
-        reason = "chromium is not installed (scripts/bootstrap.sh installs it with apt-get)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        if IN_CI:
+            pytest.fail(f"CI=true: {NO_CHROMIUM}")
+        pytest.skip(NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
