@@ -240,6 +240,10 @@ def _print_status() -> None:
     )
     typer.echo(f"  Prefect UI      {status['prefect_ui_url']}")
     typer.echo(f"  Azure emulator  {status['emulator_url']}")
+    if status.get("work_pool"):
+        running = "a worker running" if status["worker_running"] else "its worker STOPPED"
+        typer.echo(f"  work pool       {status['work_pool']} ({running}); deployments: "
+                   f"{status['prefect_ui_url']}/deployments")  # fmt: skip
     for c in status["clusters"]:
         typer.echo(f"  {c['name']:<15} {c['api_server']}  kubeconfig: {c['admin_kubeconfig']}")
 
@@ -260,22 +264,47 @@ def verify(env: EnvOption = "sandbox") -> None:
     )
 
 
+@app.command("verify-mesh")
+def verify_mesh_command(env: EnvOption = "sandbox") -> None:
+    """Check the mesh, read only: credentials, remote secrets, istiod sync, certificate days left."""
+    from flows.verify import verify_mesh
+
+    with _environment(env) as (spec, api_url):
+        report = asyncio.run(verify_mesh(spec))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"  details: {api_url.removesuffix('/api')} (artifact mesh-health-{env})")
+
+
 @app.command("install")
 def install(
     env: EnvOption = "sandbox",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what the install would write; write nothing.")
     ] = False,
+    fan_out: Annotated[
+        str,
+        typer.Option(
+            "--fan-out",
+            help="in-process: each cluster a sub-flow here; deployments: each cluster a run of "
+            "install-cluster-<env> on the environment's workers (`meshflow deploy` first).",
+        ),
+    ] = "in-process",
 ) -> None:
     """Install the mesh: PKI, every cluster in parallel, remote secrets, validation."""
     from flows.install import install_mesh
 
+    if fan_out not in ("in-process", "deployments"):
+        raise _fail(f"--fan-out {fan_out!r}: use in-process or deployments")
     if dry_run:
         _plan(env)
         return
     with _environment(env) as (spec, api_url):
         _use_sandbox_istioctl(env)
-        report = asyncio.run(install_mesh(spec))
+        mode: Literal["in-process", "deployments"] = (
+            "deployments" if fan_out == "deployments" else "in-process"
+        )
+        report = asyncio.run(install_mesh(spec, fan_out=mode))
     typer.echo(f"mesh {report.environment} (Istio revision {report.revision}):")
     peers = len(report.clusters) - 1
     for c in report.clusters:
@@ -437,14 +466,12 @@ def deploy(env: EnvOption = "sandbox", pool_type: PoolTypeOption = "process") ->
 
 def _job_env(env: str) -> dict[str, str]:
     """What every deployment run of ``env`` gets in its environment on the worker."""
-    job = dict(_QUIET)
     if env == "sandbox":
-        from sandbox import ISTIOCTL_STANDIN
         from sandbox.stack import Sandbox
+        from sandbox.worker import job_env
 
-        job["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(Sandbox().root / "results")
-        job["MESHFLOW_ISTIOCTL"] = str(ISTIOCTL_STANDIN)
-    return job
+        return job_env(Sandbox().root)
+    return dict(_QUIET)
 
 
 @env_app.command("init")

@@ -47,6 +47,11 @@ FLOWS: tuple[FlowDeployment, ...] = (
         "Ingress of an installed mesh: HTTP, then HTTPS through each ingress cluster's App "
         "Gateway."),
     FlowDeployment(
+        "verify-mesh", "flows/verify.py:verify_mesh",
+        "Hourly, read only: every cluster's credentials, remote-secret access, istiod sync where "
+        "it runs, certificate days left. Runs beside installs and rotations.",
+        cron="0 * * * *", collision="CANCEL_NEW"),
+    FlowDeployment(
         "verify-access", "flows/verify.py:verify_access",
         "Every cluster's credentials and API server, and Key Vault (writes a probe secret).",
         collision="CANCEL_NEW"),

@@ -20,8 +20,9 @@ def test_prefect_yaml_is_rendered_from_the_environment_files() -> None:
 def test_every_environment_has_every_flow() -> None:
     names = {d["name"] for d in DEPLOYMENTS}
     for env in load_environments():
-        flows = ("install-mesh", "install-cluster", "verify-access", "ensure-mesh-pki",
-                 "rotate-certificates")  # fmt: skip
+        flows = ("install-mesh", "install-cluster", "verify-mesh", "verify-access",
+                 "ensure-mesh-pki", "rotate-certificates", "rotate-root",
+                 "rotate-reader-tokens")  # fmt: skip
         assert {f"{f}-{env}" for f in flows} <= names
 
 
