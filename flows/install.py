@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from blocks import AksCluster, read_ahead
+from flows.fanout import FanOut, require_cluster_deployment, run_cluster_deployment
 from flows.ingress import expose_clusters
 from flows.reports import ClusterIngress, ClusterInstall, MeshReport, publish_pki_report
 from flows.runs import (
@@ -70,15 +71,22 @@ __all__ = ["ClusterInstall", "MeshReport", "install_cluster", "install_mesh"]
 T = TypeVar("T")
 
 
-@flow(name="install-mesh", **FLOW_OPTIONS)
-async def install_mesh(spec: MeshSpec) -> MeshReport:
-    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, ingress."""
+@flow(name="install-mesh", flow_run_name="install-mesh-{spec.environment}", **FLOW_OPTIONS)
+async def install_mesh(spec: MeshSpec, fan_out: FanOut = "in-process") -> MeshReport:
+    """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, ingress.
+
+    ``fan_out``: ``in-process`` runs each cluster's ``install-cluster`` as a sub-flow of this
+    run; ``deployments`` starts each as a run of the ``install-cluster-<env>`` deployment on the
+    environment's work pool (``meshflow deploy``), linked to this run (:mod:`flows.fanout`).
+    """
     async with mesh_run(spec.environment):
         await check_blocks(required_blocks(spec), arm_vault(spec))
+        if fan_out == "deployments":
+            await require_cluster_deployment(spec)
         pki = spec.pki_store
         root = asyncio.ensure_future(ensure_root_ca(pki, spec.cluster_names))
         ingress = asyncio.ensure_future(_ingress_certificates(pki, root))
-        installed = await _install_clusters(spec, pki, root)
+        installed = await _install_clusters(spec, pki, root, fan_out)
         done = {name: c for name, c in installed.items() if isinstance(c, ClusterInstall)}
         joined = await _join(spec, done)
         await asyncio.wait([ingress])
@@ -100,7 +108,10 @@ async def install_mesh(spec: MeshSpec) -> MeshReport:
         return report
 
 
-@flow(name="install-cluster", flow_run_name="install-cluster-{cluster}", **FLOW_OPTIONS)
+# Its result (references only: names, versions, objects) is persisted, as JSON, so that a
+# parent that started it on a worker (fan_out="deployments") reads it back.
+@flow(name="install-cluster", flow_run_name="install-cluster-{cluster}",
+      **(FLOW_OPTIONS | {"persist_result": True}))  # fmt: skip
 async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
     """Steps 01-07, 08 (source side) and 10 on one cluster; idempotent.
 
@@ -154,9 +165,9 @@ async def _ingress_certificates(pki: PkiStore, root: Awaitable[list[ObjectRef]])
 
 
 async def _install_clusters(
-    spec: MeshSpec, pki: PkiStore, root: Awaitable[list[ObjectRef]]
+    spec: MeshSpec, pki: PkiStore, root: Awaitable[list[ObjectRef]], fan_out: FanOut
 ) -> dict[str, ClusterInstall | BaseException]:
-    """Every cluster's sub-flow, each once the root and its own key are ready.
+    """Every cluster's sub-flow (or deployment run), each once the root and its own key are ready.
 
     All run to their end, failures included.
     """
@@ -168,6 +179,9 @@ async def _install_clusters(
             request_intermediate_ca(pki, c),
             run_blocking(read_ahead, AksCluster, [c.aks_block]),
         )
+        if fan_out == "deployments":
+            result = await run_cluster_deployment(spec, c.name)
+            return ClusterInstall.model_validate(result)
         return await install_cluster(spec, c.name)
 
     return await settle({c.name: lane(c) for c in spec.clusters})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from sandbox import kube, postgres, processes
+from sandbox import kube, postgres, processes, worker
 from sandbox.azure.admin import start_emulator_process
 from sandbox.environment import (
     ENVIRONMENT,
@@ -227,6 +227,9 @@ class Sandbox:
             }  # fmt: skip
             self._write_state(state)
             self._save_environment(state, client_secret)
+            worker.register_deployments(self.root, prefect.url)
+            state["worker"] = {"pid": self._start_worker(state)}
+            self._write_state(state)
         except BaseException:
             self.down()
             if pg is not None:
@@ -256,6 +259,9 @@ class Sandbox:
             self.root / "prefect", marker=self.marker, database_url=pg.url if pg else None
         )
         return Endpoint(url=server.api_url, pid=server.pid)
+
+    def _start_worker(self, state: Mapping[str, Any]) -> int:
+        return worker.start_worker(self.root, state["prefect"]["api_url"], marker=self.marker)
 
     def _save_environment(self, state: Mapping[str, Any], client_secret: str) -> None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -288,6 +294,7 @@ class Sandbox:
             ("postgres", self._restart_postgres),
             ("prefect", self._restart_prefect),
             ("emulator", self._restart_emulator),
+            ("worker", self._start_worker),
         ):
             record = state.get(name) or {}
             pid = record.get("pid")
@@ -347,7 +354,7 @@ class Sandbox:
         ]
         recorded += [
             (k, state[k]["pid"], self.marker)
-            for k in ("emulator", "prefect", "postgres")
+            for k in ("emulator", "prefect", "postgres", "worker")
             if (state.get(k) or {}).get("pid")
         ]
         return recorded
@@ -381,6 +388,9 @@ class Sandbox:
             "emulator_url": state["emulator"]["url"],
             "emulator_ca_bundle": state["emulator"]["ca_bundle"],
             "mesh_spec": str(self.root / "mesh.yaml"),
+            "work_pool": worker.POOL if state.get("worker") else None,
+            "worker_running": bool(state.get("worker"))
+            and processes.is_running(state["worker"]["pid"], self.marker),
             "clusters": [
                 {
                     "name": c["name"],
