@@ -15,6 +15,15 @@ Prefect server by :func:`ensure_rotation_alerts`:
 
 Both send through one notification block the user saves first. The Prefect server (or Prefect
 Cloud) runs the action, so the server must reach the block's URL.
+
+A third, ``meshflow-crashed-runs-<env>`` (:func:`crash_detection`, saved by
+:func:`ensure_crash_detection`, which ``meshflow deploy`` calls), is Prefect's zombie-run
+recipe for the environment's deployment runs: a run on a worker sends
+``prefect.flow-run.heartbeat`` every :data:`HEARTBEAT_SECONDS` (the deployments' job
+environment sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); when none, and no final state, follows
+a heartbeat within :data:`CRASH_AFTER`, the server marks the run ``Crashed`` (its worker or its
+machine died). ``install-mesh`` with ``fan_out="deployments"`` starts a crashed child again, once
+(:mod:`flows.fanout`). It needs no block.
 """
 
 from __future__ import annotations
@@ -27,8 +36,15 @@ from typing import Any, Literal
 from uuid import UUID
 
 import httpx
-from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.automations import (
+    AutomationCore,
+    ChangeFlowRunState,
+    EventTrigger,
+    Posture,
+    SendNotification,
+)
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import StateType
 from prefect.events.schemas.automations import Automation
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
@@ -42,9 +58,14 @@ from meshflow.errors import (
 from meshflow.rotation import EVENT_ROTATION_COMPLETED, EVENT_ROTATION_FAILED
 
 __all__ = [
+    "CRASH_AFTER",
     "DEFAULT_BLOCK_TYPE",
+    "HEARTBEAT_SECONDS",
     "OVERDUE_AFTER",
     "EnsuredAutomation",
+    "crash_detection",
+    "crashed_runs_name",
+    "ensure_crash_detection",
     "ensure_rotation_alerts",
     "failed_alert_name",
     "overdue_alert_name",
@@ -55,6 +76,86 @@ OVERDUE_AFTER = dt.timedelta(hours=26)
 """How long after the last completed rotation one is overdue: the daily schedule plus margin."""
 DEFAULT_BLOCK_TYPE = "custom-webhook"
 """The block type of a notification block named without one: Prefect's Custom Webhook."""
+
+
+HEARTBEAT_SECONDS = 30
+"""How often a deployment run sends a heartbeat: Prefect's minimum (its default is 180 s)."""
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+"""The setting, in a run's environment, that makes its engine send heartbeats that often."""
+CRASH_AFTER = dt.timedelta(seconds=3 * HEARTBEAT_SECONDS)
+"""No heartbeat for this long after the last one: the run's process is gone (three missed)."""
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# What ends a heartbeat's window: the next heartbeat, or a state after which none is due. A
+# suspended run (its process exits until it is resumed) stops its heartbeats on purpose.
+_ALIVE_OR_ENDED = frozenset(
+    {HEARTBEAT_EVENT}
+    | {
+        f"prefect.flow-run.{s}"
+        for s in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
+    }
+)
+
+
+def crashed_runs_name(environment: str) -> str:
+    """The name of the automation that marks ``environment``'s dead deployment runs Crashed."""
+    return f"meshflow-crashed-runs-{environment}"
+
+
+def crash_detection(environment: str, *, crash_after: dt.timedelta = CRASH_AFTER) -> AutomationCore:
+    """The automation that marks a run of ``environment``'s deployments Crashed. Pure.
+
+    Prefect's zombie-run recipe, one bucket per flow run (``for_each``), restricted to the runs
+    tagged ``meshflow`` and ``environment`` (the tags of every deployment
+    :mod:`deployments.render` describes, which their runs carry): after a heartbeat, neither
+    another heartbeat nor a final state within ``crash_after``. Runs started from the command
+    line carry neither tag, and are judged by the next run of their mesh (:mod:`flows.runs`).
+    """
+    beats = _span(dt.timedelta(seconds=HEARTBEAT_SECONDS))
+    return AutomationCore(
+        name=crashed_runs_name(environment),
+        description=(
+            f"Marks a deployment run of mesh {environment} Crashed when it sent no heartbeat "
+            f"for {_span(crash_after)} (it sends one every {beats}): its worker or machine died."
+        ),
+        tags=["meshflow", environment],
+        trigger=EventTrigger(
+            posture=Posture.Proactive,
+            after={HEARTBEAT_EVENT},
+            expect=set(_ALIVE_OR_ENDED),
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[_tag("meshflow"), _tag(environment)],  # every one must match
+            for_each={"prefect.resource.id"},
+            threshold=1,
+            within=crash_after,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"No heartbeat for {_span(crash_after)} (one is sent every {beats}): the "
+                    f"run's process, its worker or its machine stopped. Marked Crashed by the "
+                    f"automation {crashed_runs_name(environment)}."
+                ),
+            )
+        ],
+    )
+
+
+def _tag(tag: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
+
+
+async def ensure_crash_detection(
+    environment: str, *, crash_after: dt.timedelta = CRASH_AFTER
+) -> EnsuredAutomation:
+    """Create or update ``meshflow-crashed-runs-<environment>``; idempotent (as the alerts).
+
+    Raises:
+        InvalidError: the server refused the definition.
+        TransientError: the Prefect API could not be reached, or is unavailable.
+    """
+    async with get_client() as client, _prefect_errors(client):
+        return await _ensure(client, crash_detection(environment, crash_after=crash_after))
 
 
 def failed_alert_name(environment: str) -> str:
@@ -245,7 +346,7 @@ async def _ensure(client: PrefectClient, wanted: AutomationCore) -> EnsuredAutom
     current, extra = found[0], found[1:]
     for duplicate in extra:
         await client.delete_automation(duplicate.id)
-    if _definition(current) == wanted.model_dump(mode="json") and not extra:
+    if _definition(current) == _normal(wanted.model_dump(mode="json")) and not extra:
         return EnsuredAutomation(name=wanted.name, id=current.id, action="unchanged")
     await client.update_automation(current.id, wanted)
     return EnsuredAutomation(name=wanted.name, id=current.id, action="updated")
@@ -254,7 +355,16 @@ async def _ensure(client: PrefectClient, wanted: AutomationCore) -> EnsuredAutom
 def _definition(automation: Automation) -> dict[str, Any]:
     """What the server holds, in the shape :func:`rotation_alerts` builds."""
     core = AutomationCore.model_validate(automation.model_dump(exclude={"id"}))
-    return core.model_dump(mode="json")
+    return _normal(core.model_dump(mode="json"))
+
+
+def _normal(definition: dict[str, Any]) -> dict[str, Any]:
+    """``definition`` with the trigger's event and label sets sorted (JSON gives them unordered)."""
+    trigger = dict(definition.get("trigger") or {})
+    for key in ("after", "expect", "for_each"):
+        if isinstance(trigger.get(key), list):
+            trigger[key] = sorted(trigger[key])
+    return {**definition, "trigger": trigger}
 
 
 @asynccontextmanager

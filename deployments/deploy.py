@@ -28,6 +28,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
+from deployments.automations import (
+    HEARTBEAT_ENV,
+    HEARTBEAT_SECONDS,
+    EnsuredAutomation,
+    ensure_crash_detection,
+)
 from deployments.render import ROOT, deployments_for, pool_name
 from meshflow.errors import InvalidError
 from meshflow.spec import MeshSpec
@@ -52,6 +58,7 @@ class DeployResult:
     pool: str
     pool_action: Literal["created", "exists"]
     deployments: tuple[Registered, ...]
+    crash_detection: EnsuredAutomation | None = None
 
     @property
     def worker_command(self) -> str:
@@ -198,21 +205,30 @@ async def deploy_environment(
     """Create ``env``'s work pool if missing and register its deployments. Idempotent.
 
     On the Prefect API of the current settings. ``job_env``: environment variables every run
-    of these deployments gets on the worker (no secret: those live in blocks). ``only``:
-    deployment names (without the ``-<env>`` suffix) to register, default all.
+    of these deployments gets on the worker (no secret: those live in blocks); every run also
+    gets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (30 s), which the automation
+    ``meshflow-crashed-runs-<env>``, set up here too, relies on to mark a run whose worker died
+    Crashed (:func:`deployments.automations.crash_detection`). ``only``: deployment names
+    (without the ``-<env>`` suffix) to register, default all.
 
     Raises:
         InvalidError: the pool exists with another type.
     """
     pool = pool_name(env)
+    # Set here, not left to the caller: with Prefect's default (180 s) the automation's 90 s
+    # window would mark every run of these deployments Crashed.
+    run_env = {**(job_env or {}), HEARTBEAT_ENV: str(HEARTBEAT_SECONDS)}
     wanted = [
-        d for d in deployments_for(env, spec, directory=str(ROOT), job_env=job_env)
+        d for d in deployments_for(env, spec, directory=str(ROOT), job_env=run_env)
         if only is None or d["name"].removesuffix(f"-{env}") in only
     ]  # fmt: skip
     async with get_client() as client:
         pool_action = await ensure_work_pool(client, pool, pool_type)
         registered = [await _register_one(client, d) for d in wanted]
-    return DeployResult(pool=pool, pool_action=pool_action, deployments=tuple(registered))
+    crashed = await ensure_crash_detection(env)
+    return DeployResult(
+        pool=pool, pool_action=pool_action, deployments=tuple(registered), crash_detection=crashed
+    )
 
 
 def repository_root() -> Path:
