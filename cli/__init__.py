@@ -266,7 +266,7 @@ def verify(env: EnvOption = "sandbox") -> None:
 
 @app.command("verify-mesh")
 def verify_mesh_command(env: EnvOption = "sandbox") -> None:
-    """Check the mesh, read only: credentials, remote secrets, istiod sync, certificate days left."""
+    """Check the mesh, read only: credentials, remote secrets, istiod sync, certificates."""
     from flows.verify import verify_mesh
 
     with _environment(env) as (spec, api_url):
@@ -292,8 +292,6 @@ def install(
     ] = "in-process",
 ) -> None:
     """Install the mesh: PKI, every cluster in parallel, remote secrets, validation."""
-    from flows.install import install_mesh
-
     if fan_out not in ("in-process", "deployments"):
         raise _fail(f"--fan-out {fan_out!r}: use in-process or deployments")
     if dry_run:
@@ -304,7 +302,15 @@ def install(
         mode: Literal["in-process", "deployments"] = (
             "deployments" if fan_out == "deployments" else "in-process"
         )
-        report = asyncio.run(install_mesh(spec, fan_out=mode))
+        state = asyncio.run(_install_state(spec, mode))
+        report = state.result()
+    run_url = f"{api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id}"
+    if report.infrastructure:
+        typer.echo(report.infrastructure)
+    if report.stopped:
+        typer.echo(f"  review the plan: {run_url} (artifact terraform-plan-{env}); then run with "
+                   "provision: apply")  # fmt: skip
+        return
     typer.echo(f"mesh {report.environment} (Istio revision {report.revision}):")
     peers = len(report.clusters) - 1
     for c in report.clusters:
@@ -319,9 +325,15 @@ def install(
         typer.echo(f"  ingress {i.line()}")
     for r in report.removed_secrets:
         typer.echo(f"  {r.cluster:<15} deleted {r.object} (its cluster left the mesh)")
-    typer.echo(f"  {report.writes} writes; details: {api_url.removesuffix('/api')} (artifacts)")
+    typer.echo(f"  {report.writes} writes; the run: {run_url}")
     if not report.ok:
         raise _fail("the mesh has problems; see the mesh artifact in the Prefect UI")
+
+
+async def _install_state(spec: MeshSpec, mode: Literal["in-process", "deployments"]) -> Any:
+    from flows.install import install_mesh
+
+    return await install_mesh(spec, fan_out=mode, return_state=True)
 
 
 def _plan(env: str) -> None:
@@ -334,6 +346,40 @@ def _plan(env: str) -> None:
     typer.echo(f"  details: {api_url.removesuffix('/api')} (artifact plan-{env})")
     if plan.refused:
         raise _fail("the install would refuse: " + plan.refused[0].reason)
+
+
+@app.command("provision")
+def provision_command(
+    env: EnvOption = "sandbox",
+    plan: Annotated[bool, typer.Option("--plan", help="Plan and stop (artifact).")] = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Apply the plan if it changes.")] = False,
+    adopt: Annotated[bool, typer.Option("--adopt", help="Read the outputs only.")] = False,
+) -> None:
+    """Seed step 00 on its own: the environment's Terraform module (default: its provision mode)."""
+    from flows.provision import artifact_key, provision_infrastructure
+
+    chosen = [m for m, on in (("plan", plan), ("apply", apply), ("adopt", adopt)) if on]
+    if len(chosen) > 1:
+        raise _fail("choose one of --plan, --apply and --adopt")
+    with _environment(env) as (spec, api_url):
+        if spec.terraform is None:
+            raise _fail(
+                f"the mesh description of {env} has no terraform: module (the blocks are adopted "
+                "as they are); add `terraform: {module: infra/azure, var_file: ...}`"
+            )
+        subscription = spec.terraform.subscription_id
+        if chosen:
+            spec = spec.model_copy(update={"provision": chosen[0]})
+        result = asyncio.run(provision_infrastructure(spec, subscription))
+    if result is None:
+        return
+    typer.echo(result.line())
+    if result.plan is not None:
+        typer.echo(f"  plan: {api_url.removesuffix('/api')} (artifact {artifact_key(env)})")
+    if result.outputs is not None:
+        for c in result.outputs.clusters.values():
+            typer.echo(f"  {c.name:<28} {c.region:<14} {c.api_server_fqdn}")
+        typer.echo(f"  Key Vault {result.outputs.key_vault.name}: {result.outputs.key_vault.url}")
 
 
 @app.command("expose")
@@ -481,6 +527,14 @@ def env_init(
         Path | None,
         typer.Option("--file", help="The blocks file (default deployments/blocks/<env>.yaml)."),
     ] = None,
+    from_terraform: Annotated[
+        bool,
+        typer.Option(
+            "--from-terraform",
+            help="Take the Key Vault and the clusters from the outputs of the environment's "
+            "Terraform module (its `terraform:` settings); the file then needs credentials only.",
+        ),
+    ] = False,
 ) -> None:
     """Save the environment's Prefect blocks (credentials, Key Vault, AKS clusters); idempotent.
 
@@ -496,8 +550,10 @@ def env_init(
     path = blocks_file or envblocks.blocks_file(env)
     with _environment(env) as (spec, api_url):
         found = envblocks.load_blocks_file(path)
-        if problems := envblocks.problems_with(spec, found, path):
+        if not from_terraform and (problems := envblocks.problems_with(spec, found, path)):
             raise _fail("\n".join(problems))
+        if from_terraform and spec.terraform is None:
+            raise _fail(f"--from-terraform: the mesh description of {env} has no terraform: module")
         secrets = {k: os.environ[k] for k in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID")
                    if os.environ.get(k)}  # fmt: skip
         for name in envblocks.needed_secrets(spec, found):
@@ -510,11 +566,31 @@ def env_init(
                     "secrets are never taken from the command line or the blocks file"
                 )
             secrets[name] = value
+        if from_terraform:
+            found = _with_terraform_outputs(spec, found, secrets, path)
         blocks = envblocks.build_blocks(spec, found, secrets)
         saved = envblocks.save_blocks(blocks)
     typer.echo(f"blocks of {env} on {api_url or 'the active Prefect profile'}:")
     for name, kind, action in saved:
         typer.echo(f"  {kind:<28} {name:<32} {action}")
+
+
+def _with_terraform_outputs(spec: MeshSpec, found: Any, secrets: dict[str, str], path: Path) -> Any:
+    """Save the credentials, read the module's outputs with them, and fill in the rest."""
+    from deployments import environment as envblocks
+    from flows.provision import provision_infrastructure
+
+    creds = envblocks.build_credentials(spec, found, secrets)
+    envblocks.save_blocks([(spec.credentials_block, creds)])
+    adopt = spec.model_copy(update={"provision": "adopt"})
+    subscription = spec.terraform.subscription_id if spec.terraform else None
+    provisioned = asyncio.run(provision_infrastructure(adopt, subscription))
+    if provisioned is None or provisioned.outputs is None:
+        raise _fail(f"the Terraform module of {spec.environment} gave no outputs")
+    merged = found.with_outputs(provisioned.outputs)
+    if problems := envblocks.problems_with(spec, merged, path):
+        raise _fail("\n".join(problems))
+    return merged
 
 
 def _use_sandbox_istioctl(env: str) -> None:

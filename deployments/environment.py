@@ -26,6 +26,7 @@ from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks
 from deployments.render import ROOT
 from meshflow import yamlio
 from meshflow.errors import InvalidError
+from meshflow.infra import InfraOutputs
 from meshflow.spec import MeshSpec, spec_problems
 
 BLOCKS_DIR = ROOT / "deployments" / "blocks"
@@ -72,9 +73,25 @@ class EnvironmentBlocks(_Entry):
     """The contents of ``deployments/blocks/<env>.yaml``."""
 
     credentials: CredentialsEntry
-    key_vault: VaultEntry
+    key_vault: VaultEntry | None = None
     root_key_vault: VaultEntry | None = None
-    clusters: dict[str, ClusterEntry] = Field(min_length=1)
+    clusters: dict[str, ClusterEntry] = Field(default_factory=dict)
+
+    def with_outputs(self, outputs: InfraOutputs) -> EnvironmentBlocks:
+        """These entries with the vault and the clusters taken from Terraform's outputs."""
+        kv = outputs.key_vault
+        vault = VaultEntry(
+            vault_name=kv.name, vault_url=kv.url, tenant_id=kv.tenant_id,
+            subscription_id=outputs.subscription_id, resource_group=kv.resource_group,
+            hsm_keys=self.key_vault.hsm_keys if self.key_vault else True,
+        )  # fmt: skip
+        clusters = {
+            name: ClusterEntry(subscription_id=outputs.subscription_id,
+                               resource_group=c.resource_group, cluster_name=c.name,
+                               region=c.region)
+            for name, c in outputs.clusters.items()
+        }  # fmt: skip
+        return self.model_copy(update={"key_vault": vault, "clusters": clusters})
 
 
 def blocks_file(env: str) -> Path:
@@ -108,6 +125,11 @@ def load_blocks_file(path: Path) -> EnvironmentBlocks:
 
 def problems_with(spec: MeshSpec, found: EnvironmentBlocks, path: Path) -> list[str]:
     """What the blocks file lacks (or has too many of) for the mesh ``spec``; one line each."""
+    if found.key_vault is None:
+        return [
+            f"{path}: key_vault: say which vault holds the mesh CA, or take it from Terraform's "
+            "outputs with --from-terraform"
+        ]
     problems = [
         f"{path}: clusters: no entry for the mesh's cluster {c!r}"
         for c in spec.cluster_names if c not in found.clusters
@@ -141,6 +163,33 @@ def build_blocks(
     Raises:
         InvalidError: the credentials are incomplete (one line saying what to set).
     """
+    creds = build_credentials(spec, found, secrets)
+    out: list[tuple[str, Block]] = [(spec.credentials_block, creds)]
+    if found.key_vault is None:
+        raise InvalidError(f"blocks of {spec.environment}: no key_vault entry")
+
+    def vault(entry: VaultEntry) -> KeyVault:
+        return KeyVault(**entry.model_dump(), credentials=creds)
+
+    out.append((spec.key_vault_block, vault(found.key_vault)))
+    if spec.root_key_vault_block and found.root_key_vault is not None:
+        out.append((spec.root_key_vault_block, vault(found.root_key_vault)))
+    if spec.frontend_pfx_block:
+        out.append((spec.frontend_pfx_block, Secret(value=secrets[FRONTEND_PFX_VARIABLE])))
+    for cluster in spec.clusters:
+        entry = found.clusters[cluster.name]
+        out.append((cluster.aks_block, AksCluster(**entry.model_dump(), credentials=creds)))
+    return out
+
+
+def build_credentials(
+    spec: MeshSpec, found: EnvironmentBlocks, secrets: Mapping[str, str]
+) -> AzureCredentials:
+    """The credentials block to save under ``spec.credentials_block`` (see :func:`build_blocks`).
+
+    Raises:
+        InvalidError: the credentials are incomplete (one line saying what to set).
+    """
     c = found.credentials
     try:
         creds = AzureCredentials(
@@ -162,20 +211,7 @@ def build_blocks(
             f"the blocks file or AZURE_TENANT_ID/AZURE_CLIENT_ID; the secret in "
             f"{CLIENT_SECRET_VARIABLE})"
         ) from None
-    out: list[tuple[str, Block]] = [(spec.credentials_block, creds)]
-
-    def vault(entry: VaultEntry) -> KeyVault:
-        return KeyVault(**entry.model_dump(), credentials=creds)
-
-    out.append((spec.key_vault_block, vault(found.key_vault)))
-    if spec.root_key_vault_block and found.root_key_vault is not None:
-        out.append((spec.root_key_vault_block, vault(found.root_key_vault)))
-    if spec.frontend_pfx_block:
-        out.append((spec.frontend_pfx_block, Secret(value=secrets[FRONTEND_PFX_VARIABLE])))
-    for cluster in spec.clusters:
-        entry = found.clusters[cluster.name]
-        out.append((cluster.aks_block, AksCluster(**entry.model_dump(), credentials=creds)))
-    return out
+    return creds
 
 
 def register_block_types() -> None:

@@ -2,7 +2,10 @@
 
 The stages, as the run graph shows them:
 
-1. **Blocks**: every block the spec names exists, with its type, before anything is written.
+1. **Blocks**: every block the spec names exists, with its type, before anything is written;
+   then the **infrastructure** (seed step 00, when the spec names a Terraform module):
+   ``spec.provision`` adopts its outputs, or plans (and the run stops there, for review), or
+   applies the plan when it has changes (:mod:`flows.provision`).
 2. **PKI**: the root CA (``ensure-root-ca``); meanwhile Key Vault makes each cluster's next
    intermediate key (``request-intermediate-ca-<c>``) and the ingress certificates.
 3. **Clusters, in parallel**: ``install-cluster-<c>`` per cluster, each as soon as the root and
@@ -31,6 +34,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from blocks import AksCluster, read_ahead
 from flows.fanout import FanOut, require_cluster_deployment, run_cluster_deployment
 from flows.ingress import expose_clusters
+from flows.provision import Provisioned, provision
 from flows.reports import ClusterIngress, ClusterInstall, MeshReport, publish_pki_report
 from flows.runs import (
     FLOW_OPTIONS,
@@ -40,6 +44,8 @@ from flows.runs import (
     required_blocks,
     settle,
 )
+from meshflow.errors import InvalidError
+from meshflow.infra import clusters_missing
 from meshflow.manifests import post_install_manifests, pre_install_manifests
 from meshflow.spec import ClusterSpec, MeshSpec, PkiStore
 from tasks.aks import describe_aks_cluster, get_cluster_credentials, secrets_provider_identity
@@ -83,6 +89,9 @@ async def install_mesh(spec: MeshSpec, fan_out: FanOut = "in-process") -> MeshRe
         await check_blocks(required_blocks(spec), arm_vault(spec))
         if fan_out == "deployments":
             await require_cluster_deployment(spec)
+        provisioned = await _provision(spec)
+        if provisioned is not None and provisioned.stop:
+            return await _stopped_for_review(spec, provisioned)
         pki = spec.pki_store
         root = asyncio.ensure_future(ensure_root_ca(pki, spec.cluster_names))
         ingress = asyncio.ensure_future(_ingress_certificates(pki, root))
@@ -103,9 +112,41 @@ async def install_mesh(spec: MeshSpec, fan_out: FanOut = "in-process") -> MeshRe
             access=tuple(joined.access),
             data_plane=tuple(joined.data_plane),
             ingress=tuple(i for i in exposed.values() if isinstance(i, ClusterIngress)),
+            infrastructure=provisioned.line() if provisioned else None,
         )
         await _publish(report)
         return report
+
+
+# -- stage 0: the infrastructure ---------------------------------------------------------------
+
+
+async def _provision(spec: MeshSpec) -> Provisioned | None:
+    """Seed step 00 (:mod:`flows.provision`); then every cluster of the mesh must be in its outputs.
+
+    Raises:
+        InvalidError: a cluster of the spec is not in the outputs (before any write to it).
+    """
+    if spec.terraform is None:
+        return None
+    provisioned = await provision(spec, subscription_id=spec.terraform.subscription_id)
+    if provisioned is None:  # no module after all
+        return None
+    if provisioned.outputs is not None:
+        missing = clusters_missing(provisioned.outputs, spec.cluster_names, provisioned.module)
+        if missing:
+            raise InvalidError("\n".join(missing), system="Terraform", target=provisioned.module)
+    get_run_logger().info("%s", provisioned.line())
+    return provisioned
+
+
+async def _stopped_for_review(spec: MeshSpec, provisioned: Provisioned) -> MeshReport:
+    """``provision: plan``: the run ends after the plan's artifact, with nothing else done."""
+    return MeshReport(
+        environment=spec.environment, revision=spec.istio_revision, shared_pki=(), clusters=(),
+        remote_secrets=(), access=(), data_plane=(), infrastructure=provisioned.line(),
+        stopped=True,
+    )  # fmt: skip
 
 
 # Its result (references only: names, versions, objects) is persisted, as JSON, so that a

@@ -201,6 +201,10 @@ class MeshReport(BaseModel):
     ingress: tuple[ClusterIngress, ...] = ()
     removed_secrets: tuple[Applied, ...] = ()
     """Remote secrets of clusters that left the spec, deleted from the others."""
+    infrastructure: str | None = None
+    """What the provisioning stage did (one line), if the mesh has a Terraform module."""
+    stopped: bool = False
+    """The run stopped after the Terraform plan (``provision: plan``), for review."""
 
     @property
     def writes(self) -> int:
@@ -265,6 +269,7 @@ class MeshReport(BaseModel):
             "| cluster | Istio revision | remote secrets | reader access | istiod sync |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"Writes this run: {self.writes} (0 means nothing had changed).\n\n"
+            + (f"Infrastructure: {self.infrastructure}.\n\n" if self.infrastructure else "")
             + (f"## Not run\n{notes}\n" if notes else "")
             + (f"## Other Istio revisions\n{others}\n" if others else "")
             + (f"## Left the mesh\n{left}\n" if left else "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -286,3 +286,13 @@ def tail_lines(text: str, *, lines: int = 30, chars: int = 4000) -> str:
     """The last ``lines`` non-empty lines of ``text``, at most ``chars`` characters."""
     kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
     return "\n".join(kept)[-chars:]
+
+
+def clusters_missing(outputs: InfraOutputs, names: Iterable[str], module: str) -> list[str]:
+    """One line per mesh cluster that the module's outputs do not have, saying what to do."""
+    return [
+        f"cluster {name!r} is in the mesh description but not in the outputs of {module}; add it "
+        "to the module's clusters variable (its .tfvars), or remove it from the mesh"
+        for name in names
+        if name not in outputs.clusters
+    ]

@@ -176,13 +176,18 @@ class TerraformSettings(_Frozen):
 
     module: str = Field(
         default="infra/azure", title="Root module",
-        description="The root module's directory, relative to the repository (infra/azure; the "
-        "sandbox uses infra/sandbox).",
+        description="The root module's directory, relative to the repository or absolute "
+        "(infra/azure; the sandbox uses infra/sandbox).",
     )  # fmt: skip
     var_file: Annotated[str, Field(title="Path")] | None = Field(
         default=None, title="Variables file",
-        description="A .tfvars file relative to the repository, e.g. "
+        description="A .tfvars file, relative to the repository or absolute, e.g. "
         "deployments/environments/dev.tfvars.",
+    )  # fmt: skip
+    subscription_id: Annotated[str, Field(title="Subscription ID")] | None = Field(
+        default=None, title="Subscription",
+        description="The Azure subscription Terraform works in (ARM_SUBSCRIPTION_ID); none: the "
+        "worker's own ARM_SUBSCRIPTION_ID.",
     )  # fmt: skip
     backend_config: dict[str, str] = Field(
         default_factory=dict, title="Backend configuration",

@@ -26,7 +26,7 @@ from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks
-from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings
+from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings, TerraformSettings
 from sandbox.azure import DEFAULT_TENANT
 from sandbox.azure.arm import resource_id
 from sandbox.kube import LocalCluster
@@ -69,10 +69,17 @@ def sandbox_spec(
     *,
     environment: str = ENVIRONMENT,
     pki: PkiSettings | None = None,
+    terraform: TerraformSettings | None = None,
 ) -> MeshSpec:
-    """The mesh description of a sandbox: the first cluster hosts the sample and ingress."""
+    """The mesh description of a sandbox: the first cluster hosts the sample and ingress.
+
+    ``terraform``: the sandbox's root module (``infra/sandbox``), applied as the install's
+    first stage; none: the blocks are adopted as they are.
+    """
     return MeshSpec(
         environment=environment,
+        provision="apply" if terraform else "adopt",
+        terraform=terraform,
         credentials_block=environment,
         key_vault_block=environment,
         clusters=tuple(

@@ -267,8 +267,10 @@ class Sandbox:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from sandbox.environment import sandbox_spec, save_environment
+        from sandbox.terraform import terraform_inputs_from_state
 
-        spec = sandbox_spec([c["name"] for c in state["clusters"]])
+        terraform = terraform_inputs_from_state(self.root, state)
+        spec = sandbox_spec([c["name"] for c in state["clusters"]], terraform=terraform)
         with temporary_settings(updates={PREFECT_API_URL: state["prefect"]["api_url"]}):
             save_environment(
                 spec,

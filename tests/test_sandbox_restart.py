@@ -149,7 +149,7 @@ def test_a_killed_emulator_comes_back_at_its_url_with_the_mesh_ca(cli: Cli, tmp_
 def test_after_a_killed_api_server_an_install_converges_on_the_same_root(
     cli: Cli, tmp_path: Path
 ) -> None:
-    assert " writes; details: " in cli.ok("install", "--env", "sandbox")
+    assert " writes; the run: " in cli.ok("install", "--env", "sandbox")
     cli.ok("pki", "export", "--env", "sandbox", "--out", str(tmp_path / "before"))
     cluster = cli.state()["clusters"][0]
     _kill(cluster["pids"][1], cluster["directory"])
@@ -157,7 +157,7 @@ def test_after_a_killed_api_server_an_install_converges_on_the_same_root(
     assert "restarted: cluster-1 kube-apiserver\n" in cli.ok("sandbox", "up")
     out = cli.ok("install", "--env", "sandbox")
 
-    assert "  0 writes; details: " in out  # converged: the cluster kept everything
+    assert "  0 writes; the run: " in out  # converged: the cluster kept everything
     cli.ok("pki", "export", "--env", "sandbox", "--out", str(tmp_path / "after"))
     root = "root-cert.pem"  # the vault kept its root version: the same root certificate
     assert (tmp_path / "after" / root).read_text() == (tmp_path / "before" / root).read_text()
