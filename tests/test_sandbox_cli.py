@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,68 @@ def test_a_stopped_sandbox_process_is_named_with_what_to_do(tmp_path: Path) -> N
         assert "meshflow sandbox up" in verify.stderr
     finally:
         processes.stop([(s.pid, s.marker) for s in sleeping.values()])
+
+
+def _run_deployment(api_url: str, name: str, timeout: float = 300.0) -> tuple[str, list[str]]:
+    """Start a run of deployment ``name`` through the API, as the UI's Run button does.
+
+    Returns its final state's type and its log messages.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def run() -> tuple[str, list[str]]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(name)
+            created = await client.create_flow_run_from_deployment(deployment.id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                found = await client.read_flow_run(created.id)
+                if found.state is not None and found.state.is_final():
+                    logs = await client.read_logs(
+                        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[created.id]))
+                    )
+                    return found.state.type.value, [log.message for log in logs]
+                await asyncio.sleep(1)
+            raise AssertionError(f"{name}: not finished after {timeout:.0f}s ({found.state})")
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return asyncio.run(run())
+
+
+@pytest.mark.e2e
+def test_the_sandbox_is_a_working_prefect_installation(tmp_path: Path) -> None:
+    """`sandbox up` gives a pool, a worker and deployments; runs started through the API complete.
+
+    The install's first stage is the real `terraform apply` of infra/sandbox; the next install,
+    run by the sandbox's worker from its deployment, plans no change.
+    """
+    state = tmp_path / "sandbox"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["MESHFLOW_SANDBOX_DIR"] = str(state)
+    try:
+        up = _meshflow("sandbox", "up", "--clusters", "1", env=env)
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert "work pool       meshflow-sandbox (a worker running)" in up.stdout
+        status = json.loads(_meshflow("sandbox", "status", "--json", env=env).stdout)
+        assert status["worker_running"] is True
+
+        install = _meshflow("install", "--env", "sandbox", env=env)
+        assert install.returncode == 0, install.stderr[-2000:]
+        lines = install.stdout.splitlines()
+        assert lines[0].startswith(
+            "infrastructure infra/sandbox: applied (2 to add"
+        )  # a cluster and the vault
+        assert f"the run: {status['prefect_ui_url']}/runs/flow-run/" in install.stdout
+
+        api = status["prefect_api_url"]
+        outcome, logs = _run_deployment(api, "install-mesh/install-mesh-sandbox")
+        assert outcome == "COMPLETED", logs[-5:]
+        assert "infrastructure infra/sandbox: no changes" in logs
+        outcome, logs = _run_deployment(api, "verify-mesh/verify-mesh-sandbox")
+        assert outcome == "COMPLETED", logs[-5:]
+    finally:
+        down = _meshflow("sandbox", "down", env=env)
+    assert down.returncode == 0
+    assert processes.running_under(str(state)) == []
