@@ -584,7 +584,13 @@ def _with_terraform_outputs(spec: MeshSpec, found: Any, secrets: dict[str, str],
     envblocks.save_blocks([(spec.credentials_block, creds)])
     adopt = spec.model_copy(update={"provision": "adopt"})
     subscription = spec.terraform.subscription_id if spec.terraform else None
-    provisioned = asyncio.run(provision_infrastructure(adopt, subscription))
+    try:
+        provisioned = asyncio.run(provision_infrastructure(adopt, subscription))
+    except MeshflowError as exc:
+        raise _fail(
+            f"{exc}\nthe credentials block {spec.credentials_block!r} is saved; provision first "
+            f"(`meshflow provision --env {spec.environment} --apply`), then run this again"
+        ) from exc
     if provisioned is None or provisioned.outputs is None:
         raise _fail(f"the Terraform module of {spec.environment} gave no outputs")
     merged = found.with_outputs(provisioned.outputs)
