@@ -26,6 +26,7 @@ from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from blocks import AksCluster, AzureCredentials, KeyVault, forget_blocks
+from deployments.environment import register_block_types
 from meshflow.spec import ClusterSpec, MeshSpec, PkiSettings, TerraformSettings
 from sandbox.azure import DEFAULT_TENANT
 from sandbox.azure.arm import resource_id
@@ -41,21 +42,6 @@ VAULT_NAME = "meshflow-sandbox-kv"
 VAULT_SKU = "premium"  # the mesh root is an RSA-HSM key (blocks.KeyVault.hsm_keys)
 VAULT_ID = resource_id(SUBSCRIPTION, RESOURCE_GROUP, "Microsoft.KeyVault/vaults", VAULT_NAME)
 """The sandbox vault's ARM resource id: ``VAULT_NAME`` in ``RESOURCE_GROUP`` of ``SUBSCRIPTION``."""
-
-
-def register_block_types() -> None:
-    """``prefect block register -m blocks``, in-process; idempotent.
-
-    Prefect reads, then creates: a type another client registered in between is a 409, after
-    which registering again updates it.
-    """
-    from prefect.exceptions import ObjectAlreadyExists
-
-    for block in (AzureCredentials, KeyVault, AksCluster):
-        try:
-            block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
-        except ObjectAlreadyExists:
-            block.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
 
 
 def _save(block: Block, name: str) -> None:
