@@ -37,6 +37,8 @@ FanOut = Literal["in-process", "deployments"]
 RESTARTS_AFTER_CRASH = 1
 """How many times a child whose worker died is started again."""
 POLL_SECONDS = 2.0
+CHILD_TIMEOUT = 2 * 3600.0
+"""The longest the parent waits for one child (no worker on the pool, say); then it fails."""
 
 
 def cluster_deployment(spec: MeshSpec) -> str:
@@ -84,7 +86,7 @@ async def run_cluster_deployment(spec: MeshSpec, cluster: str) -> Any:
     parameters = {"spec": spec.model_dump(mode="json", exclude_none=True), "cluster": cluster}
     for attempt in range(RESTARTS_AFTER_CRASH + 1):
         run = await run_deployment(  # type: ignore[misc]  # sync/async dispatch
-            cluster_deployment(spec), parameters=parameters, timeout=None,
+            cluster_deployment(spec), parameters=parameters, timeout=CHILD_TIMEOUT,
             poll_interval=POLL_SECONDS, as_subflow=True,
             idempotency_key=f"{parent}:{cluster}:{attempt}",
             flow_run_name=f"install-cluster-{cluster}",
@@ -99,10 +101,18 @@ async def run_cluster_deployment(spec: MeshSpec, cluster: str) -> Any:
             )  # fmt: skip
             continue
         break
-    kind = state.type.value.lower() if state is not None else "unknown"
+    pool = f"meshflow-{spec.environment}"
+    if state is None or not state.is_final():
+        shown = state.name if state is not None else "no state"
+        how = (
+            f"did not end within {CHILD_TIMEOUT / 60:.0f} min (still {shown}): is a worker "
+            f"polling pool {pool}, and is its crash detection set up (`meshflow deploy --env "
+            f"{spec.environment}`)?"
+        )
+    else:
+        how = f"ended {state.type.value.lower()}: {state.message or ''}"
     raise MeshflowError(
-        f"cluster {cluster}: its install-cluster run {run.name!r} on pool "
-        f"meshflow-{spec.environment} ended {kind}: {state.message if state else ''}; see "
+        f"cluster {cluster}: its install-cluster run {run.name!r} on pool {pool} {how}; see "
         f"{_ui_url(run)}",
         system="Prefect", target=cluster, object=str(run.id),
     )  # fmt: skip

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -167,7 +168,7 @@ def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
     def run() -> None:
         try:
             out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:  # handed to the test
             out["error"] = exc
 
     # The thread sees this test's Prefect settings (API URL, result folder): they are context.
@@ -236,9 +237,7 @@ def _processes_of_run(fan: Fanout, run_id: UUID) -> dict[str, list[int]]:
 
 def _running_child(cluster: str, since: float, timeout: float = 90.0) -> FlowRun:
     """The ``install-cluster-<cluster>`` run started after ``since`` once it is Running."""
-    from datetime import datetime, timezone
-
-    after = datetime.fromtimestamp(since, tz=timezone.utc)
+    after = datetime.fromtimestamp(since, tz=UTC)
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as prefect:
         while time.monotonic() < deadline:
@@ -312,3 +311,129 @@ def test_fan_out_on_two_workers_is_linked_once_per_cluster_and_ends_as_in_proces
     in_process: MeshReport = again.result()
     assert in_process.writes == 0
     assert _summary(in_process) == (names, secrets)
+
+
+@dataclass
+class Stopped:
+    """What stopping a worker mid-install did, as observed."""
+
+    worker: str
+    signal: str
+    child: UUID
+    pids: list[int]
+    alive_after: list[int]
+    child_state_after: str
+    seconds_to_final: float | None
+    outcome: Any = field(repr=False)
+
+
+def _stop_worker_mid_install(fan: Fanout, sig: signal.Signals, *, whole_group: bool) -> Stopped:
+    """Start a fan-out, stop the worker that installs the third cluster while istioctl runs.
+
+    ``whole_group``: signal its flow-run processes too (the machine died), else the worker only.
+    """
+    fan.deploy(**{LATENCY_ENV: str(INSTALL_SECONDS)})  # the install takes long enough to catch
+    with contextlib.suppress(client.ApiException):  # a re-install, istioctl included
+        _core(fan.clusters[THIRD]).delete_namespaced_config_map(INSTALL_RECORD, "istio-system")
+    _delete_remote_secrets_of(THIRD, fan.clusters)  # written again only by a completed join
+    since = time.time()
+    outcome: dict[str, Any] = {}
+
+    def parent() -> None:
+        try:
+            outcome["state"] = _install(fan.spec, fan_out="deployments")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(parent,), daemon=True)
+    thread.start()
+    try:
+        child = _running_child(THIRD, since)
+        found = _wait_for(
+            f"the flow-run process of {child.name}", lambda: _processes_of_run(fan, child.id), 60
+        )
+        (name, run_pids), *_ = found.items()
+        marker = fan.marker(name)
+        _wait_for(
+            "istioctl installing on the third cluster",
+            lambda: any("istioctl" in _cmdline(p) for p, _ in
+                        processes.running_under(marker)),
+            60,
+        )  # fmt: skip
+        targets = [p for p, _ in processes.running_under(marker)] if whole_group else []
+        worker_pid = fan.workers.pop(name)
+        for pid in [worker_pid, *targets]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        killed_at = time.time()
+        time.sleep(5)
+        alive = [p for p in [worker_pid, *run_pids] if not processes.has_exited(p)]
+        _, name_after, message_after = _state_of(child.id)
+        thread.join(RUN_TIMEOUT)
+        if thread.is_alive():
+            pytest.fail(f"the fan-out did not end within {RUN_TIMEOUT:.0f}s of the stop")
+        final = _state_of(child.id)
+        with get_client(sync_client=True) as prefect:
+            ended = prefect.read_flow_run(child.id).state
+        seconds = None
+        if ended is not None and ended.is_final():
+            seconds = ended.timestamp.timestamp() - killed_at
+    finally:
+        thread.join(RUN_TIMEOUT)
+        # the stopped worker (and anything left of its runs) is replaced for the next test
+        processes.stop(processes.running_under(fan.marker(name)) if "name" in locals() else [])
+        fan.deploy()
+    if "error" in outcome:
+        raise outcome["error"]
+    stopped = Stopped(
+        worker=name, signal=sig.name, child=child.id, pids=[worker_pid, *run_pids],
+        alive_after=alive, child_state_after=f"{name_after}: {message_after}",
+        seconds_to_final=seconds, outcome=outcome["state"],
+    )  # fmt: skip
+    print(  # noqa: T201 - what Prefect did, for the report
+        f"observed: {stopped}; first child ended {final[1]} ({final[2]}); the fan-out ended "
+        f"{stopped.outcome.name}: {stopped.outcome.message}"
+    )
+    fan.start_worker(name)
+    return stopped
+
+
+def _never_half_joined(fan: Fanout, stopped: Stopped) -> None:
+    """Completed with every cluster joined, or failed naming the cluster with no secret of it."""
+    state = stopped.outcome
+    secrets = _remote_secrets_of(THIRD, fan.clusters)
+    children = [c for c in _children(state.state_details.flow_run_id) if THIRD in c.name]
+    assert 1 <= len(children) <= 2  # the first, and one start after a crash
+    if state.is_completed():
+        names, pairs = _summary(state.result())
+        assert names == ["alpha", "bravo", THIRD]
+        assert len(pairs) == 6
+        assert secrets == {"alpha": True, "bravo": True}
+        assert sum(1 for c in children if c.state and c.state.is_completed()) == 1
+    else:
+        assert state.is_failed()
+        assert f"cluster {THIRD}" in (state.message or "")
+        assert secrets == {"alpha": False, "bravo": False}
+
+
+def test_a_worker_stopped_by_sigterm_is_detected_by_heartbeat_and_its_run_restarted(
+    fanout: Fanout,
+) -> None:
+    # Prefect 3.9.1: the worker stops its flow-run process with it and leaves the run Running;
+    # the heartbeats stop, the automation marks it Crashed, the fan-out starts it again once.
+    stopped = _stop_worker_mid_install(fanout, signal.SIGTERM, whole_group=False)
+    _never_half_joined(fanout, stopped)
+    assert stopped.alive_after == []
+    with get_client(sync_client=True) as prefect:
+        first = prefect.read_flow_run(stopped.child).state
+    assert first is not None
+    assert first.type == StateType.CRASHED
+    assert crashed_runs_name(ENV) in (first.message or "")
+    assert stopped.outcome.is_completed()
+
+
+def test_a_worker_killed_by_sigkill_mid_install_leaves_the_run_whole(fanout: Fanout) -> None:
+    # The worker alone (its flow-run process is not signalled): whatever the run does then,
+    # completing where it is or crashing, the fan-out is never half-joined.
+    stopped = _stop_worker_mid_install(fanout, signal.SIGKILL, whole_group=False)
+    _never_half_joined(fanout, stopped)
