@@ -48,6 +48,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.schemas.automations import Automation
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+from deployments.render import HEARTBEAT_SECONDS
 from meshflow.errors import (
     InvalidError,
     MeshflowError,
@@ -78,10 +79,6 @@ DEFAULT_BLOCK_TYPE = "custom-webhook"
 """The block type of a notification block named without one: Prefect's Custom Webhook."""
 
 
-HEARTBEAT_SECONDS = 30
-"""How often a deployment run sends a heartbeat: Prefect's minimum (its default is 180 s)."""
-HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
-"""The setting, in a run's environment, that makes its engine send heartbeats that often."""
 CRASH_AFTER = dt.timedelta(seconds=3 * HEARTBEAT_SECONDS)
 """No heartbeat for this long after the last one: the run's process is gone (three missed)."""
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"

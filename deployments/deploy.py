@@ -29,8 +29,6 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
 from deployments.automations import (
-    HEARTBEAT_ENV,
-    HEARTBEAT_SECONDS,
     EnsuredAutomation,
     ensure_crash_detection,
 )
@@ -215,11 +213,8 @@ async def deploy_environment(
         InvalidError: the pool exists with another type.
     """
     pool = pool_name(env)
-    # Set here, not left to the caller: with Prefect's default (180 s) the automation's 90 s
-    # window would mark every run of these deployments Crashed.
-    run_env = {**(job_env or {}), HEARTBEAT_ENV: str(HEARTBEAT_SECONDS)}
     wanted = [
-        d for d in deployments_for(env, spec, directory=str(ROOT), job_env=run_env)
+        d for d in deployments_for(env, spec, directory=str(ROOT), job_env=job_env)
         if only is None or d["name"].removesuffix(f"-{env}") in only
     ]  # fmt: skip
     async with get_client() as client:

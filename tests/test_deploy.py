@@ -59,6 +59,8 @@ def test_deploy_registers_every_deployment_of_the_environment_and_again_changes_
         assert d.work_pool_name == "meshflow-dev"
         assert d.enforce_parameter_schema
         assert d.parameters["spec"] == spec.model_dump(mode="json", exclude_none=True)
+        # the crash automation (90 s) relies on heartbeats every 30 s (Prefect's default: 180 s)
+        assert d.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
         assert [(s.schedule.cron, s.active) for s in schedules] == (
             [(f.cron, True)] if f.cron else []
         )
@@ -76,7 +78,8 @@ def test_deploy_registers_every_deployment_of_the_environment_and_again_changes_
     again = _cli(prefect_server, tmp_path, "deploy", "--env", "dev")
     assert again.returncode == 0, again.stderr
     assert "work pool meshflow-dev: exists" in again.stdout
-    assert again.stdout.count(" unchanged") == len(FLOWS)
+    assert again.stdout.count(" unchanged") == len(FLOWS) + 1
+    assert "automation meshflow-crashed-runs-dev: unchanged" in again.stdout
     after = asyncio.run(_deployments("dev"))
     assert {n: d.updated for n, (d, _) in after.items()} == {
         n: d.updated for n, (d, _) in registered.items()
