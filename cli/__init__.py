@@ -292,6 +292,8 @@ def install(
     ] = "in-process",
 ) -> None:
     """Install the mesh: PKI, every cluster in parallel, remote secrets, validation."""
+    from flows.install import install_mesh
+
     if fan_out not in ("in-process", "deployments"):
         raise _fail(f"--fan-out {fan_out!r}: use in-process or deployments")
     if dry_run:
@@ -302,9 +304,8 @@ def install(
         mode: Literal["in-process", "deployments"] = (
             "deployments" if fan_out == "deployments" else "in-process"
         )
-        state = asyncio.run(_install_state(spec, mode))
-        report = state.result()
-    run_url = f"{api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id}"
+        report = asyncio.run(install_mesh(spec, fan_out=mode))
+    run_url = f"{api_url.removesuffix('/api')}/runs/flow-run/{report.run_id}"
     if report.infrastructure:
         typer.echo(report.infrastructure)
     if report.stopped:
@@ -328,12 +329,6 @@ def install(
     typer.echo(f"  {report.writes} writes; the run: {run_url}")
     if not report.ok:
         raise _fail("the mesh has problems; see the mesh artifact in the Prefect UI")
-
-
-async def _install_state(spec: MeshSpec, mode: Literal["in-process", "deployments"]) -> Any:
-    from flows.install import install_mesh
-
-    return await install_mesh(spec, fan_out=mode, return_state=True)
 
 
 def _plan(env: str) -> None:

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.context import FlowRunContext
 
 from blocks import AksCluster, read_ahead
 from flows.fanout import FanOut, require_cluster_deployment, run_cluster_deployment
@@ -113,6 +114,7 @@ async def install_mesh(spec: MeshSpec, fan_out: FanOut = "in-process") -> MeshRe
             data_plane=tuple(joined.data_plane),
             ingress=tuple(i for i in exposed.values() if isinstance(i, ClusterIngress)),
             infrastructure=provisioned.line() if provisioned else None,
+            run_id=_run_id(),
         )
         await _publish(report)
         return report
@@ -145,8 +147,13 @@ async def _stopped_for_review(spec: MeshSpec, provisioned: Provisioned) -> MeshR
     return MeshReport(
         environment=spec.environment, revision=spec.istio_revision, shared_pki=(), clusters=(),
         remote_secrets=(), access=(), data_plane=(), infrastructure=provisioned.line(),
-        stopped=True,
+        stopped=True, run_id=_run_id(),
     )  # fmt: skip
+
+
+def _run_id() -> str | None:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
 
 
 # Its result (references only: names, versions, objects) is persisted, as JSON, so that a

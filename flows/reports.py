@@ -205,6 +205,8 @@ class MeshReport(BaseModel):
     """What the provisioning stage did (one line), if the mesh has a Terraform module."""
     stopped: bool = False
     """The run stopped after the Terraform plan (``provision: plan``), for review."""
+    run_id: str | None = None
+    """The install run's id (its page in the UI), when run as a flow."""
 
     @property
     def writes(self) -> int:

@@ -67,9 +67,12 @@ async def artifact_markdown(key: str) -> str:
 
 
 async def all_logs() -> str:
+    """Every log record on the server (read page by page: the API returns 200 at a time)."""
+    messages: list[str] = []
     async with get_client() as client:
-        logs = await client.read_logs()
-    return "\n".join(log.message for log in logs)
+        while page := await client.read_logs(limit=200, offset=len(messages)):
+            messages += [log.message for log in page]
+    return "\n".join(messages)
 
 
 def test_apply_then_nothing_to_apply_then_plan_and_adopt(credentials: str, tmp_path: Path) -> None:
