@@ -23,11 +23,16 @@ def _meshflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )  # fmt: skip
 
 
-@pytest.mark.e2e
-def test_sandbox_up_status_verify_down_leaves_nothing(tmp_path: Path) -> None:
+def _sandbox_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A sandbox folder under ``tmp_path`` and the environment that points the CLI at it."""
     state = tmp_path / "sandbox"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["MESHFLOW_SANDBOX_DIR"] = str(state)
+    return state, env | {"MESHFLOW_SANDBOX_DIR": str(state)}
+
+
+@pytest.mark.e2e
+def test_sandbox_up_status_verify_down_leaves_nothing(tmp_path: Path) -> None:
+    state, env = _sandbox_env(tmp_path)
     try:
         up = _meshflow("sandbox", "up", "--clusters", "1", env=env)
         assert up.returncode == 0, up.stderr[-2000:]
@@ -128,9 +133,7 @@ def test_the_sandbox_is_a_working_prefect_installation(tmp_path: Path) -> None:
     The install's first stage is the real `terraform apply` of infra/sandbox; the next install,
     run by the sandbox's worker from its deployment, plans no change.
     """
-    state = tmp_path / "sandbox"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["MESHFLOW_SANDBOX_DIR"] = str(state)
+    state, env = _sandbox_env(tmp_path)
     try:
         up = _meshflow("sandbox", "up", "--clusters", "1", env=env)
         assert up.returncode == 0, up.stderr[-2000:]
