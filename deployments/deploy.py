@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -166,9 +165,10 @@ async def _register_one(client: PrefectClient, d: Mapping[str, Any]) -> Register
             job_variables=want["job_variables"],
         )  # fmt: skip
         return Registered(full_name, new_id, "created")
+    registered = await client.read_deployment_schedules(existing.id)
     have_schedules = sorted(
         (s.schedule.cron, s.schedule.timezone, s.active)
-        for s in await client.read_deployment_schedules(existing.id)
+        for s in registered
         if isinstance(s.schedule, CronSchedule)
     )
     changed = changed_fields(want, current_fields(existing))
@@ -183,7 +183,7 @@ async def _register_one(client: PrefectClient, d: Mapping[str, Any]) -> Register
     )  # fmt: skip
     await client.update_deployment(existing.id, update)
     if have_schedules != _schedules(d):
-        for s in await client.read_deployment_schedules(existing.id):
+        for s in registered:
             await client.delete_deployment_schedule(existing.id, s.id)
         if schedules:
             await client.create_deployment_schedules(
@@ -224,8 +224,3 @@ async def deploy_environment(
     return DeployResult(
         pool=pool, pool_action=pool_action, deployments=tuple(registered), crash_detection=crashed
     )
-
-
-def repository_root() -> Path:
-    """The directory the deployments' runs start in (this checkout)."""
-    return ROOT

@@ -20,18 +20,18 @@ from sandbox.prefect_server import QUIET_ENV
 POOL = "meshflow-sandbox"
 POLL_SECONDS = 2
 """How often the worker asks for runs (Prefect's default 10 s makes the UI's Run button slow)."""
-HEARTBEAT_SECONDS = 30
-"""Flow runs on the worker send a heartbeat this often (Prefect's minimum); see deployments."""
 READY_TIMEOUT = 60.0
 
 
 def job_env(root: Path) -> dict[str, str]:
-    """What every sandbox deployment run gets in its environment on the worker (no secret)."""
+    """What every sandbox deployment run gets in its environment on the worker (no secret).
+
+    Heartbeats are set for every deployment by :func:`deployments.render.deployments_for`.
+    """
     return {
         **QUIET_ENV,
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results"),
         "MESHFLOW_ISTIOCTL": str(ISTIOCTL_STANDIN),
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
     }
 
 
