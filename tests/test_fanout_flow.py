@@ -392,7 +392,10 @@ def _stop_worker_mid_install(fan: Fanout, sig: signal.Signals, *, whole_group: b
         _, name_after, message_after = _state_of(child.id)
         thread.join(RUN_TIMEOUT)
         if thread.is_alive():
-            pytest.fail(f"the fan-out did not end within {RUN_TIMEOUT:.0f}s of the stop")
+            pytest.fail(
+                f"the fan-out did not end within {RUN_TIMEOUT:.0f}s of the stop\n"
+                + _diagnosis(fan, since)
+            )
         final = _state_of(child.id)
         with get_client(sync_client=True) as prefect:
             ended = prefect.read_flow_run(child.id).state
@@ -417,6 +420,40 @@ def _stop_worker_mid_install(fan: Fanout, sig: signal.Signals, *, whole_group: b
     )
     fan.start_worker(name)
     return stopped
+
+
+def _diagnosis(fan: Fanout, since: float) -> str:
+    """What a stuck fan-out left to look at: this environment's runs since ``since``, the
+    remaining workers' processes and the tail of each worker's log."""
+    lines = []
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=datetime.fromtimestamp(since, tz=UTC))
+            )
+        )
+        runs += prefect.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[CHILD_DEPLOYMENT]))
+        )
+    seen = set()
+    for r in runs:
+        if r.id in seen:
+            continue
+        seen.add(r.id)
+        state = r.state
+        lines.append(
+            f"run {r.name} {r.id}: {state.name if state else None} "
+            f"({state.message if state else ''})"
+            f" created {r.created} expected {r.expected_start_time} worker pool queue "
+            f"{r.work_queue_name} infra pid {r.infrastructure_pid}"
+        )
+    for name, pid in fan.workers.items():
+        under = processes.running_under(fan.marker(name))
+        lines.append(f"worker {name} pid {pid} alive {not processes.has_exited(pid)}: "
+                     f"{[_cmdline(p)[:120] for p, _ in under]}")  # fmt: skip
+    for log in sorted((fan.root / "worker").glob("*.log")):
+        lines.append(f"--- {log.name} (tail)\n{log.read_text(errors='replace')[-4000:]}")
+    return "\n".join(lines)
 
 
 def _never_half_joined(fan: Fanout, stopped: Stopped) -> None:
