@@ -21,9 +21,9 @@ from sandbox import kube
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
 from tasks.pki import ROOT_CERT_OBJECT, ROOT_KEY
+from tests.writes import cluster_writes, vault_writes
 
 pytestmark = pytest.mark.e2e
-WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 
 
 @pytest.fixture
@@ -70,9 +70,7 @@ def _spec(mesh: MeshSpec, environment: str, **changes: Any) -> dict[str, Any]:
 
 
 def _writes(emulator: AzureEmulator, clusters: list[kube.LocalCluster]) -> tuple[int, int]:
-    vault = [r for r in emulator.requests_log() if r["method"] in WRITES and r["status"] < 400
-             and r["path"].startswith(("/secrets", "/certificates", "/keys"))]  # fmt: skip
-    return len(vault), sum(len(kube.audit_writes(c, user="admin")) for c in clusters)
+    return len(vault_writes(emulator)), len(cluster_writes(clusters))
 
 
 def _errors(result: subprocess.CompletedProcess[str]) -> list[str]:

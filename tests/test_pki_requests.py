@@ -24,6 +24,7 @@ from tasks.pki import (
     ensure_root,
     request_intermediate,
 )
+from tests.writes import WRITES
 
 SMALL = PkiSettings(ca_key_size=2048)
 
@@ -34,9 +35,6 @@ def _store(kv: str, settings: PkiSettings = SMALL) -> PkiStore:
 
 def _c(name: str) -> ClusterSpec:
     return ClusterSpec(name=name, aks_block=name)  # the PKI steps need only the name
-
-
-WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 
 
 def _writes(emulator: AzureEmulator) -> list[tuple[str, str]]:

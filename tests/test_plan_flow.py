@@ -14,8 +14,7 @@ from meshflow.spec import MeshSpec
 from sandbox import kube
 from sandbox.azure import AzureEmulator
 from tasks.aks import forget_credentials
-
-WRITES = {"PUT", "POST", "PATCH", "DELETE"}
+from tests.writes import WRITES
 
 
 def _plan(spec: MeshSpec) -> InstallPlan:

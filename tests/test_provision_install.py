@@ -26,9 +26,9 @@ from sandbox import kube
 from sandbox import terraform as sandbox_terraform
 from sandbox.azure import AzureEmulator
 from sandbox.prefect_server import PrefectServer
+from tests.writes import cluster_writes, vault_writes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.terraform]
-WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 
 
 def _with_module(mesh: MeshSpec, root: Path, clusters: list[kube.LocalCluster], **kw: Any) -> Any:
@@ -40,10 +40,7 @@ def _with_module(mesh: MeshSpec, root: Path, clusters: list[kube.LocalCluster], 
 
 def _writes(emulator: AzureEmulator, clusters: list[kube.LocalCluster]) -> list[str]:
     """Key Vault writes and the clusters' writes since the emulator's log was cleared."""
-    vault = [f"{r['method']} {r['path']}" for r in emulator.requests_log()
-             if r["method"] in WRITES and r["status"] < 400
-             and r["path"].startswith(("/secrets", "/certificates", "/keys"))]  # fmt: skip
-    return vault + [w for c in clusters for w in map(str, kube.audit_writes(c, user="admin"))]
+    return vault_writes(emulator) + cluster_writes(clusters)
 
 
 def test_plan_stops_the_install_before_any_write_then_apply_goes_on_and_converges(

@@ -27,8 +27,8 @@ from sandbox.prefect_server import PrefectServer
 from tasks.aks import forget_credentials
 from tasks.kube import mounted_versions
 from tasks.kube_client import request_json
+from tests.writes import WRITES
 
-WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 SPC = "/apis/secrets-store.csi.x-k8s.io/v1/namespaces/istio-system/secretproviderclasses/istio-tls"
 
 
