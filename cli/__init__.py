@@ -501,8 +501,8 @@ def deploy(env: EnvOption = "sandbox", pool_type: PoolTypeOption = "process") ->
     typer.echo(f"work pool {result.pool}: {result.pool_action}")
     for d in result.deployments:
         typer.echo(f"  {d.name:<50} {d.action}")
-    if result.crash_detection is not None:
-        typer.echo(f"  automation {result.crash_detection.name}: {result.crash_detection.action}")
+    for automation in result.crash_detection:
+        typer.echo(f"  automation {automation.name}: {automation.action}")
     typer.echo(f"  UI: {api_url.removesuffix('/api')}/deployments")
     typer.echo(f"start a worker: PREFECT_API_URL={api_url} {result.worker_command}")
 

@@ -24,6 +24,13 @@ environment sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); when none, and no final
 a heartbeat within :data:`CRASH_AFTER`, the server marks the run ``Crashed`` (its worker or its
 machine died). ``install-mesh`` with ``fan_out="deployments"`` starts a crashed child again, once
 (:mod:`flows.fanout`). It needs no block.
+
+A fourth, ``meshflow-unstarted-runs-<env>`` (:func:`start_detection`), covers the moment before
+the first heartbeat: a worker takes a run by moving it to ``Pending`` (then ``Submitting``) and
+starts its process; a worker that stops in between leaves the run ``Pending`` for ever, with no
+heartbeat to miss (PrefectHQ/prefect#22664). When a run sends neither ``Running`` nor any other
+state within :data:`START_WITHIN` of entering ``Pending`` (by work pool type: a process starts in
+seconds, a pod may first pull its image), the server marks it ``Crashed`` too.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ __all__ = [
     "DEFAULT_BLOCK_TYPE",
     "HEARTBEAT_SECONDS",
     "OVERDUE_AFTER",
+    "START_WITHIN",
     "EnsuredAutomation",
     "crash_detection",
     "crashed_runs_name",
@@ -71,6 +79,8 @@ __all__ = [
     "failed_alert_name",
     "overdue_alert_name",
     "rotation_alerts",
+    "start_detection",
+    "unstarted_runs_name",
 ]
 
 OVERDUE_AFTER = dt.timedelta(hours=26)
@@ -91,6 +101,23 @@ _ALIVE_OR_ENDED = frozenset(
         for s in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
     }
 )
+
+
+START_WITHIN: dict[str, dt.timedelta] = {
+    "process": dt.timedelta(minutes=2),
+    "kubernetes": dt.timedelta(minutes=15),
+}
+"""By work pool type, how long a run may stay ``Pending`` before it is judged abandoned."""
+PENDING_EVENT = "prefect.flow-run.Pending"
+# Any state after Pending but its own sub-state Submitting: the run started, ended, or went back
+# to a queue (a deployment's concurrency limit, a retry, a pause).
+_LEFT_PENDING = frozenset(
+    f"prefect.flow-run.{s}"
+    for s in (
+        "Running", "Completed", "Failed", "Cancelled", "Cancelling", "Crashed", "Scheduled",
+        "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Paused", "Suspended",
+    )
+)  # fmt: skip
 
 
 def crashed_runs_name(environment: str) -> str:
@@ -138,21 +165,73 @@ def crash_detection(environment: str, *, crash_after: dt.timedelta = CRASH_AFTER
     )
 
 
+def unstarted_runs_name(environment: str) -> str:
+    """The name of the automation that marks ``environment``'s abandoned Pending runs Crashed."""
+    return f"meshflow-unstarted-runs-{environment}"
+
+
+def start_detection(environment: str, *, start_within: dt.timedelta) -> AutomationCore:
+    """The automation that marks a run of ``environment`` left ``Pending`` Crashed. Pure.
+
+    One bucket per flow run tagged ``meshflow`` and ``environment``: after
+    ``prefect.flow-run.Pending``, no other state (``Submitting`` excepted, the worker's own
+    next step) within ``start_within``: the worker that took it stopped before its process ran.
+    """
+    return AutomationCore(
+        name=unstarted_runs_name(environment),
+        description=(
+            f"Marks a deployment run of mesh {environment} Crashed when it stayed Pending for "
+            f"{_span(start_within)}: the worker that took it stopped before starting it."
+        ),
+        tags=["meshflow", environment],
+        trigger=EventTrigger(
+            posture=Posture.Proactive,
+            after={PENDING_EVENT},
+            expect=set(_LEFT_PENDING),
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[_tag("meshflow"), _tag(environment)],
+            for_each={"prefect.resource.id"},
+            threshold=1,
+            within=start_within,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"Pending for {_span(start_within)} without starting: the worker that took "
+                    f"it stopped before its process ran. Marked Crashed by the automation "
+                    f"{unstarted_runs_name(environment)}."
+                ),
+            )
+        ],
+    )
+
+
 def _tag(tag: str) -> dict[str, str]:
     return {"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
 
 
 async def ensure_crash_detection(
-    environment: str, *, crash_after: dt.timedelta = CRASH_AFTER
-) -> EnsuredAutomation:
-    """Create or update ``meshflow-crashed-runs-<environment>``; idempotent (as the alerts).
+    environment: str,
+    *,
+    pool_type: str = "process",
+    crash_after: dt.timedelta = CRASH_AFTER,
+    start_within: dt.timedelta | None = None,
+) -> tuple[EnsuredAutomation, EnsuredAutomation]:
+    """Create or update the two crash automations of ``environment``; idempotent (as the alerts).
+
+    ``meshflow-crashed-runs-<environment>`` and ``meshflow-unstarted-runs-<environment>``, in
+    that order. ``start_within``: default :data:`START_WITHIN` of ``pool_type``.
 
     Raises:
-        InvalidError: the server refused the definition.
+        InvalidError: the server refused a definition.
         TransientError: the Prefect API could not be reached, or is unavailable.
     """
+    window = start_within if start_within is not None else START_WITHIN[pool_type]
     async with get_client() as client, _prefect_errors(client):
-        return await _ensure(client, crash_detection(environment, crash_after=crash_after))
+        crashed = await _ensure(client, crash_detection(environment, crash_after=crash_after))
+        unstarted = await _ensure(client, start_detection(environment, start_within=window))
+    return crashed, unstarted
 
 
 def failed_alert_name(environment: str) -> str:

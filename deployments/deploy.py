@@ -55,7 +55,8 @@ class DeployResult:
     pool: str
     pool_action: Literal["created", "exists"]
     deployments: tuple[Registered, ...]
-    crash_detection: EnsuredAutomation | None = None
+    crash_detection: tuple[EnsuredAutomation, ...] = ()
+    """The automations that mark a run whose worker died Crashed (running, then not started)."""
 
     @property
     def worker_command(self) -> str:
@@ -206,8 +207,9 @@ async def deploy_environment(
     of these deployments gets on the worker (no secret: those live in blocks); every run also
     gets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (30 s), which the automation
     ``meshflow-crashed-runs-<env>``, set up here too, relies on to mark a run whose worker died
-    Crashed (:func:`deployments.automations.crash_detection`). ``only``: deployment names
-    (without the ``-<env>`` suffix) to register, default all.
+    Crashed (:func:`deployments.automations.crash_detection`); ``meshflow-unstarted-runs-<env>``
+    marks one left ``Pending`` by a worker that stopped (``start_detection``). ``only``:
+    deployment names (without the ``-<env>`` suffix) to register, default all.
 
     Raises:
         InvalidError: the pool exists with another type.
@@ -220,7 +222,7 @@ async def deploy_environment(
     async with get_client() as client:
         pool_action = await ensure_work_pool(client, pool, pool_type)
         registered = [await _register_one(client, d) for d in wanted]
-    crashed = await ensure_crash_detection(env)
+    crashed = await ensure_crash_detection(env, pool_type=pool_type)
     return DeployResult(
         pool=pool, pool_action=pool_action, deployments=tuple(registered), crash_detection=crashed
     )

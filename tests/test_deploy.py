@@ -78,8 +78,9 @@ def test_deploy_registers_every_deployment_of_the_environment_and_again_changes_
     again = _cli(prefect_server, tmp_path, "deploy", "--env", "dev")
     assert again.returncode == 0, again.stderr
     assert "work pool meshflow-dev: exists" in again.stdout
-    assert again.stdout.count(" unchanged") == len(FLOWS) + 1
+    assert again.stdout.count(" unchanged") == len(FLOWS) + 2
     assert "automation meshflow-crashed-runs-dev: unchanged" in again.stdout
+    assert "automation meshflow-unstarted-runs-dev: unchanged" in again.stdout
     after = asyncio.run(_deployments("dev"))
     assert {n: d.updated for n, (d, _) in after.items()} == {
         n: d.updated for n, (d, _) in registered.items()

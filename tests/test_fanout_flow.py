@@ -13,6 +13,8 @@ result folder the parent reads.
   ``kill`` does), then SIGKILL to the worker and its flow-run process (a machine that died). The
   run completes on the other worker, or fails naming the cluster; it never completes with a
   cluster missing, and no cluster's remote secret is written unless its install completed.
+  Under load the stopped worker may also be starting another cluster's run, left ``Pending``:
+  the second crash automation (``tests/test_crash_detection.py``) marks it too.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ ENV = "fanout"
 THIRD = "charlie"
 WORKERS = ("fanout-worker-1", "fanout-worker-2")
 CHILD_DEPLOYMENT = f"install-cluster-{ENV}"
-RUN_TIMEOUT = 240.0
-"""The longest a parent run may take here (a crash is detected 90-120 s after the kill)."""
+RUN_TIMEOUT = 300.0
+"""The longest a parent run may take here: a dead run is marked Crashed 90-120 s after the
+stop, a run the stopped worker was still starting 2-2.5 min after it took it."""
 INSTALL_SECONDS = 15
 """How long the istioctl stand-in's install takes in the mid-run tests: time to stop a worker."""
 
@@ -143,7 +146,7 @@ def fanout(
         with temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / "results"}):
             fan = Fanout(spec, root, clusters, prefect_server.api_url)
             result = fan.deploy()
-            assert result.crash_detection is not None
+            assert len(result.crash_detection) == 2
             starters = [
                 threading.Thread(target=contextvars.copy_context().run, args=(fan.start_worker, n))
                 for n in WORKERS
@@ -474,12 +477,6 @@ def _never_half_joined(fan: Fanout, stopped: Stopped) -> None:
         assert secrets == {"alpha": False, "bravo": False}
 
 
-@pytest.mark.skipif(
-    os.environ.get("MESHFLOW_WORKER_STOP_TEST") != "1",
-    reason="open problem: run alone it passes (the run is marked Crashed 90 s after the stop and "
-    "completes on the other worker), but within the whole suite the restarted child was not "
-    "run within 4 minutes in two CI runs; run it with MESHFLOW_WORKER_STOP_TEST=1",
-)
 def test_a_worker_stopped_by_sigterm_is_detected_by_heartbeat_and_its_run_restarted(
     fanout: Fanout,
 ) -> None:
@@ -488,6 +485,23 @@ def test_a_worker_stopped_by_sigterm_is_detected_by_heartbeat_and_its_run_restar
     stopped = _stop_worker_mid_install(fanout, signal.SIGTERM, whole_group=False)
     _never_half_joined(fanout, stopped)
     assert stopped.alive_after == []
+    with get_client(sync_client=True) as prefect:
+        first = prefect.read_flow_run(stopped.child).state
+    assert first is not None
+    assert first.type == StateType.CRASHED
+    assert crashed_runs_name(ENV) in (first.message or "")
+    assert stopped.outcome.is_completed()
+
+
+def test_a_machine_that_died_is_detected_by_heartbeat_and_its_run_restarted(
+    fanout: Fanout,
+) -> None:
+    # SIGKILL to the worker and its flow-run processes: nothing reports, the run stays Running
+    # until its missing heartbeats mark it Crashed, and the fan-out starts it again once.
+    stopped = _stop_worker_mid_install(fanout, signal.SIGKILL, whole_group=True)
+    _never_half_joined(fanout, stopped)
+    assert stopped.alive_after == []
+    assert stopped.child_state_after.startswith("Running")  # nobody marked it at once
     with get_client(sync_client=True) as prefect:
         first = prefect.read_flow_run(stopped.child).state
     assert first is not None
