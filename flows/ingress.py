@@ -70,8 +70,12 @@ ENVOY = "istio-envoy"
 async def expose_mesh(spec: MeshSpec, http_only: bool = False) -> IngressReport:
     """Steps 12-22 on the ingress clusters of an installed mesh; idempotent.
 
-    ``http_only`` stops after step 15 this run; a cluster already on HTTPS stays on it (set
-    ``ingress.https: false`` in the mesh description to go back to HTTP).
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+        http_only: Stop after step 15 (HTTP through the App Gateway) this run; a cluster
+            already on HTTPS stays on it (set ``ingress.https: false`` in the mesh description
+            to go back to HTTP).
     """
     async with mesh_run(spec.environment):
         await check_blocks(required_blocks(spec), arm_vault(spec))

@@ -82,9 +82,13 @@ T = TypeVar("T")
 async def install_mesh(spec: MeshSpec, fan_out: FanOut = "in-process") -> MeshReport:
     """Build the multi-primary mesh of ``spec``: PKI, clusters in parallel, join, ingress.
 
-    ``fan_out``: ``in-process`` runs each cluster's ``install-cluster`` as a sub-flow of this
-    run; ``deployments`` starts each as a run of the ``install-cluster-<env>`` deployment on the
-    environment's work pool (``meshflow deploy``), linked to this run (:mod:`flows.fanout`).
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+        fan_out: ``in-process`` runs each cluster's ``install-cluster`` as a sub-flow of this
+            run; ``deployments`` starts each as a run of the ``install-cluster-<env>``
+            deployment on the environment's work pool (``meshflow deploy``), linked to this run
+            (:mod:`flows.fanout`).
     """
     async with mesh_run(spec.environment):
         await check_blocks(required_blocks(spec), arm_vault(spec))
@@ -166,6 +170,11 @@ async def install_cluster(spec: MeshSpec, cluster: str) -> ClusterInstall:
     Its intermediate CA is ensured while its credentials and namespaces are set up; Istio
     waits for both (istiod mounts that CA). Takes the spec and a name, so it also runs on its
     own, as a deployment.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+        cluster: The name of the cluster to install, one of the mesh's clusters.
     """
     c = spec.cluster(cluster)
     ca, (server, applied), istioctl = await asyncio.gather(

@@ -25,7 +25,12 @@ from tasks.preflight import check_blocks
 
 @flow(name="ensure-mesh-pki", **FLOW_OPTIONS)
 async def ensure_mesh_pki(spec: MeshSpec) -> PkiReport:
-    """Ensure the root CA, each cluster's intermediate and the ingress certificates in Key Vault."""
+    """Ensure the root CA, each cluster's intermediate and the ingress certificates in Key Vault.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+    """
     async with mesh_run(spec.environment):
         await check_blocks(required_blocks(spec))
         return await _ensure_pki(spec)

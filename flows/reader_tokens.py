@@ -155,6 +155,10 @@ async def rotate_reader_tokens(spec: MeshSpec) -> ReaderTokenReport:
     Needs, on every cluster: create, get and delete on Secrets in ``istio-system`` (the token
     Secrets, the remote secrets), and what the install's step 09 check needs.
 
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+
     Raises:
         MeshflowError: a source did not finish (one line each); its old token is kept.
     """

@@ -65,10 +65,16 @@ async def rotate_certificates(
 ) -> RotationReport:
     """Reissue the intermediates and the ingress certificate that are due, and roll them out.
 
-    ``threshold_days`` (default: the spec's ``pki.rotation_threshold_days``) is how close to
-    expiry a certificate is reissued; ``force`` reissues every one once per run; ``dry_run``
-    writes nothing. Needs what the PKI flow needs, plus read on the clusters' Deployments,
-    ConfigMaps and SecretProviderClassPodStatuses, and patch on ``istiod-<rev>``.
+    Needs what the PKI flow needs, plus read on the clusters' Deployments, ConfigMaps and
+    SecretProviderClassPodStatuses, and patch on ``istiod-<rev>``.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+        threshold_days: Reissue a certificate this many days or fewer before it expires
+            (empty: the mesh's ``pki.rotation_threshold_days``).
+        force: Reissue every certificate once this run, due or not.
+        dry_run: Report what would be reissued and write nothing.
     """
     policy = RotationPolicy(
         threshold_days=threshold_days or spec.pki.rotation_threshold_days,

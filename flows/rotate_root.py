@@ -112,9 +112,15 @@ async def rotate_root(
 ) -> RootRotationReport:
     """Rotate the mesh root in three phases, pausing for approval between them (see above).
 
-    Resumes a rotation in progress. ``approve="auto"`` runs the three phases without pausing;
-    ``approval_timeout`` (seconds) is how long a pause waits: the run then fails, and a re-run
-    asks again.
+    Resumes a rotation in progress.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+        approve: ``ask`` pauses for an approval in the UI between the phases; ``auto`` runs the
+            three phases without pausing.
+        approval_timeout: How long a pause waits for an approval, in seconds; the run then
+            fails, and a re-run asks again.
 
     Raises:
         InvalidError: a cluster's istiod or proxies lack the multi-root settings (before any

@@ -89,7 +89,12 @@ async def _check_cluster(cluster: ClusterSpec) -> ClusterAccessReport:
 
 @flow(name="verify-access", **FLOW_OPTIONS)
 async def verify_access(spec: MeshSpec) -> AccessReport:
-    """Check that every cluster and the Key Vault of ``spec`` are reachable with their blocks."""
+    """Check that every cluster and the Key Vault of ``spec`` are reachable with their blocks.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
+    """
     await check_blocks(required_blocks(spec))
     clusters, probe = await asyncio.gather(
         asyncio.gather(*(_check_cluster(c) for c in spec.clusters)),
@@ -128,6 +133,10 @@ async def verify_mesh(spec: MeshSpec) -> MeshHealth:
     secret's token persist nothing) or ARM (fetching credentials is a ``list`` action), and does
     not tag or claim its run as the mesh's. Needs what ``verify-access`` reads, certificate and
     secret get on the vaults, and read on pods and nodes.
+
+    Args:
+        spec: The mesh description: environment, clusters, Istio, PKI, Key Vault and ingress
+            (the environment's file in ``deployments/environments/`` is the default).
 
     Raises:
         MeshUnhealthyError: a check failed; the message lists each problem on its own line.

@@ -143,3 +143,19 @@ def test_every_object_numbers_its_fields_so_a_jsonb_store_cannot_reorder_them(
 def test_the_form_is_the_only_parameter_and_refers_to_the_mesh(schema: dict[str, Any]) -> None:
     assert schema["required"] == ["spec"]
     assert schema["properties"]["spec"]["$ref"] == "#/definitions/MeshSpec"
+
+
+def test_every_parameter_of_every_deployed_flow_is_described_in_its_form() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    from deployments.render import FLOWS
+
+    undescribed = {
+        f"{f.name}.{name}"
+        for f in FLOWS
+        for name, prop in load_flow_from_entrypoint(f.entrypoint)
+        .parameters.model_dump()["properties"]
+        .items()
+        if not prop.get("description")
+    }
+    assert undescribed == set()  # the UI shows the parameter's name above each field, bare
