@@ -142,27 +142,34 @@ def crash_detection(environment: str, *, crash_after: dt.timedelta = CRASH_AFTER
             f"for {_span(crash_after)} (it sends one every {beats}): its worker or machine died."
         ),
         tags=["meshflow", environment],
-        trigger=EventTrigger(
-            posture=Posture.Proactive,
-            after={HEARTBEAT_EVENT},
-            expect=set(_ALIVE_OR_ENDED),
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=[_tag("meshflow"), _tag(environment)],  # every one must match
-            for_each={"prefect.resource.id"},
-            threshold=1,
-            within=crash_after,
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=(
-                    f"No heartbeat for {_span(crash_after)} (one is sent every {beats}): the "
-                    f"run's process, its worker or its machine stopped. Marked Crashed by the "
-                    f"automation {crashed_runs_name(environment)}."
-                ),
-            )
-        ],
+        trigger=_silent_run(environment, after=HEARTBEAT_EVENT, expect=_ALIVE_OR_ENDED,
+                            within=crash_after),
+        actions=[_mark_crashed(
+            f"No heartbeat for {_span(crash_after)} (one is sent every {beats}): the run's "
+            f"process, its worker or its machine stopped. Marked Crashed by the automation "
+            f"{crashed_runs_name(environment)}."
+        )],
+    )  # fmt: skip
+
+
+def _silent_run(
+    environment: str, *, after: str, expect: frozenset[str], within: dt.timedelta
+) -> EventTrigger:
+    """Fires for one of ``environment``'s deployment runs: ``after``, none of ``expect`` within."""
+    return EventTrigger(
+        posture=Posture.Proactive,
+        after={after},
+        expect=set(expect),
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related=[_tag("meshflow"), _tag(environment)],  # every one must match
+        for_each={"prefect.resource.id"},  # one bucket per flow run
+        threshold=1,
+        within=within,
     )
+
+
+def _mark_crashed(message: str) -> ChangeFlowRunState:
+    return ChangeFlowRunState(state=StateType.CRASHED, message=message)
 
 
 def unstarted_runs_name(environment: str) -> str:
@@ -184,27 +191,14 @@ def start_detection(environment: str, *, start_within: dt.timedelta) -> Automati
             f"{_span(start_within)}: the worker that took it stopped before starting it."
         ),
         tags=["meshflow", environment],
-        trigger=EventTrigger(
-            posture=Posture.Proactive,
-            after={PENDING_EVENT},
-            expect=set(_LEFT_PENDING),
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=[_tag("meshflow"), _tag(environment)],
-            for_each={"prefect.resource.id"},
-            threshold=1,
-            within=start_within,
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=(
-                    f"Pending for {_span(start_within)} without starting: the worker that took "
-                    f"it stopped before its process ran. Marked Crashed by the automation "
-                    f"{unstarted_runs_name(environment)}."
-                ),
-            )
-        ],
-    )
+        trigger=_silent_run(environment, after=PENDING_EVENT, expect=_LEFT_PENDING,
+                            within=start_within),
+        actions=[_mark_crashed(
+            f"Pending for {_span(start_within)} without starting: the worker that took it "
+            f"stopped before its process ran. Marked Crashed by the automation "
+            f"{unstarted_runs_name(environment)}."
+        )],
+    )  # fmt: skip
 
 
 def _tag(tag: str) -> dict[str, str]:

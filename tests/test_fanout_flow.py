@@ -477,20 +477,27 @@ def _never_half_joined(fan: Fanout, stopped: Stopped) -> None:
         assert secrets == {"alpha": False, "bravo": False}
 
 
-def test_a_worker_stopped_by_sigterm_is_detected_by_heartbeat_and_its_run_restarted(
-    fanout: Fanout,
-) -> None:
-    # Prefect 3.9.1: the worker stops its flow-run process with it and leaves the run Running;
-    # the heartbeats stop, the automation marks it Crashed, the fan-out starts it again once.
-    stopped = _stop_worker_mid_install(fanout, signal.SIGTERM, whole_group=False)
-    _never_half_joined(fanout, stopped)
+def _restarted_after_missed_heartbeats(fan: Fanout, stopped: Stopped) -> None:
+    """The stopped run's processes are gone, nobody marked it at once, the heartbeat automation
+    marked it Crashed, and the fan-out completed (never half joined)."""
+    _never_half_joined(fan, stopped)
     assert stopped.alive_after == []
+    assert stopped.child_state_after.startswith("Running")
     with get_client(sync_client=True) as prefect:
         first = prefect.read_flow_run(stopped.child).state
     assert first is not None
     assert first.type == StateType.CRASHED
     assert crashed_runs_name(ENV) in (first.message or "")
     assert stopped.outcome.is_completed()
+
+
+def test_a_worker_stopped_by_sigterm_is_detected_by_heartbeat_and_its_run_restarted(
+    fanout: Fanout,
+) -> None:
+    # Prefect 3.9.1: the worker stops its flow-run process with it and leaves the run Running;
+    # the heartbeats stop, the automation marks it Crashed, the fan-out starts it again once.
+    stopped = _stop_worker_mid_install(fanout, signal.SIGTERM, whole_group=False)
+    _restarted_after_missed_heartbeats(fanout, stopped)
 
 
 def test_a_machine_that_died_is_detected_by_heartbeat_and_its_run_restarted(
@@ -499,12 +506,4 @@ def test_a_machine_that_died_is_detected_by_heartbeat_and_its_run_restarted(
     # SIGKILL to the worker and its flow-run processes: nothing reports, the run stays Running
     # until its missing heartbeats mark it Crashed, and the fan-out starts it again once.
     stopped = _stop_worker_mid_install(fanout, signal.SIGKILL, whole_group=True)
-    _never_half_joined(fanout, stopped)
-    assert stopped.alive_after == []
-    assert stopped.child_state_after.startswith("Running")  # nobody marked it at once
-    with get_client(sync_client=True) as prefect:
-        first = prefect.read_flow_run(stopped.child).state
-    assert first is not None
-    assert first.type == StateType.CRASHED
-    assert crashed_runs_name(ENV) in (first.message or "")
-    assert stopped.outcome.is_completed()
+    _restarted_after_missed_heartbeats(fanout, stopped)
