@@ -55,7 +55,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.schemas.automations import Automation
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from deployments.render import HEARTBEAT_SECONDS
+from deployments.render import HEARTBEAT_SECONDS, PoolType
 from meshflow.errors import (
     InvalidError,
     MeshflowError,
@@ -103,7 +103,7 @@ _ALIVE_OR_ENDED = frozenset(
 )
 
 
-START_WITHIN: dict[str, dt.timedelta] = {
+START_WITHIN: dict[PoolType, dt.timedelta] = {
     "process": dt.timedelta(minutes=2),
     "kubernetes": dt.timedelta(minutes=15),
 }
@@ -208,7 +208,7 @@ def _tag(tag: str) -> dict[str, str]:
 async def ensure_crash_detection(
     environment: str,
     *,
-    pool_type: str = "process",
+    pool_type: PoolType = "process",
     crash_after: dt.timedelta = CRASH_AFTER,
     start_within: dt.timedelta | None = None,
 ) -> tuple[EnsuredAutomation, EnsuredAutomation]:

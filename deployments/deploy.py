@@ -31,11 +31,10 @@ from deployments.automations import (
     EnsuredAutomation,
     ensure_crash_detection,
 )
-from deployments.render import ROOT, deployments_for, pool_name
+from deployments.render import ROOT, PoolType, deployments_for, pool_name
 from meshflow.errors import InvalidError
 from meshflow.spec import MeshSpec
 
-PoolType = Literal["process", "kubernetes"]
 Action = Literal["created", "updated", "unchanged"]
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -102,6 +102,10 @@ class _NoAliases(yaml.SafeDumper):
 def load_environments() -> dict[str, MeshSpec]:
     """Every environment file, validated."""
     return {p.stem: MeshSpec.from_yaml(p) for p in sorted(ENVIRONMENTS.glob("*.yaml"))}
+
+
+PoolType = Literal["process", "kubernetes"]
+"""The work pool types meshflow registers deployments on."""
 
 
 def pool_name(env: str) -> str:

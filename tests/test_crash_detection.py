@@ -18,6 +18,7 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled, Pending, Running, Submitting
 
@@ -67,8 +68,10 @@ def stuck_deployment(prefect_server: PrefectServer) -> Iterator[UUID]:
     (deployment,) = result.deployments
     yield deployment.id
     with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs():
-            if run.deployment_id == deployment.id and run.state and not run.state.is_final():
+        for run in client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        ):
+            if run.state and not run.state.is_final():
                 client.set_flow_run_state(run.id, Cancelled(), force=True)
 
 

@@ -11,10 +11,10 @@ WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 VAULT_OBJECTS = ("/secrets", "/certificates", "/keys")
 
 
-def vault_writes(emulator: AzureEmulator, since: int = 0) -> list[str]:
-    """``METHOD path`` of every successful write to a vault object since log entry ``since``."""
+def vault_writes(emulator: AzureEmulator) -> list[str]:
+    """``METHOD path`` of every successful write to a vault object in the emulator's log."""
     return [
-        f"{r['method']} {r['path']}" for r in emulator.requests_log()[since:]
+        f"{r['method']} {r['path']}" for r in emulator.requests_log()
         if r["method"] in WRITES and r["status"] < 400 and r["path"].startswith(VAULT_OBJECTS)
     ]  # fmt: skip
 
